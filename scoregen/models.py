@@ -1,0 +1,253 @@
+"""The score-model interface every sampler talks to, and its wrappers.
+
+A :class:`ScoreModel` answers, for a batch ``x`` of shape ``(B, *shape)`` at a noise level given in the
+*caller's* coordinates ``x = m * x0 + sigma * eps``:
+
+* ``eps(x, sigma, m)``   the noise,
+* ``score(x, sigma, m)`` ``grad_x log p(x) = -eps / sigma``  (the identity everything rests on),
+* ``x0(x, sigma, m)``    the denoised estimate ``(x - sigma * eps) / m``.
+
+``sigma`` and ``m`` are Python floats (one level for the whole batch: the fast path samplers use) or
+tensors of shape ``(B,)`` (one level per sample). VE callers leave ``m = 1``; VP callers pass
+``m = sqrt(abar)``, ``sigma = sqrt(1 - abar)``. eps is the same in every coordinate system, so a model
+trained in one family answers queries from the other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .schedules import Schedule, m_sigma_from_log_snr
+
+Level = Union[float, Tensor]
+Parameterization = Literal["eps", "score", "x0", "v"]
+PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+
+__all__ = [
+    "ScoreModel",
+    "NetworkScoreModel",
+    "ModelTransform",
+    "X0Hook",
+    "clip_x0",
+    "dynamic_threshold",
+    "to_eps",
+    "from_eps",
+]
+
+
+def _col(v: Level, x: Tensor) -> Level:
+    """A per-sample level of shape (B,) as (B, 1, ..., 1) so it broadcasts against x; floats pass through."""
+    if isinstance(v, Tensor):
+        if v.ndim == 0:
+            return v.to(x)
+        if v.shape != x.shape[:1]:
+            raise ValueError(f"a per-sample noise level must have shape (batch,) = {tuple(x.shape[:1])}, got {tuple(v.shape)}")
+        return v.to(x).reshape(-1, *([1] * (x.ndim - 1)))
+    return v
+
+
+def _require_positive(name: str, v: Level, why: str) -> None:
+    bad = (v <= 0).any().item() if isinstance(v, Tensor) else not v > 0
+    if bad:
+        raise ValueError(f"{name} must be > 0 {why}; got {name}={v}")
+
+
+def to_eps(out: Tensor, x: Tensor, m: Level, sigma: Level, parameterization: str) -> Tensor:
+    """Convert a network output in ``parameterization`` at level (m, sigma) to eps.
+
+    eps: as is; score: ``eps = -sigma * score``; x0: ``eps = (x - m x0) / sigma``;
+    v (Salimans & Ho 2022, ``v = m eps - sigma x0``): ``eps = (sigma x + m v) / (m^2 + sigma^2)``.
+    """
+    m, sigma = _col(m, x), _col(sigma, x)
+    if parameterization == "eps":
+        return out
+    if parameterization == "score":
+        return -sigma * out
+    if parameterization == "x0":
+        return (x - m * out) / sigma
+    if parameterization == "v":
+        return (sigma * x + m * out) / (m * m + sigma * sigma)
+    raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+
+
+def from_eps(eps: Tensor, x: Tensor, m: Level, sigma: Level, parameterization: str) -> Tensor:
+    """The inverse of :func:`to_eps`: express eps at level (m, sigma) in another parameterization."""
+    m, sigma = _col(m, x), _col(sigma, x)
+    if parameterization == "eps":
+        return eps
+    if parameterization == "score":
+        return -eps / sigma
+    if parameterization == "x0":
+        return (x - sigma * eps) / m
+    if parameterization == "v":
+        x0 = (x - sigma * eps) / m
+        return m * eps - sigma * x0
+    raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+
+
+class ScoreModel:
+    """Base class: implement :meth:`eps`; ``score`` and ``x0`` follow from it.
+
+    Attributes:
+        shape: the event shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
+        schedule: the levels the model was trained on; samplers take their default grids from it.
+    """
+
+    shape: tuple[int, ...]
+    schedule: Schedule
+
+    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+    def score(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        """``-eps / sigma``; sigma must be > 0 (the score of clean data is not defined by an eps model)."""
+        _require_positive("sigma", sigma, "to turn eps into a score (score = -eps / sigma)")
+        return self.eps(x, sigma, m, y) / -_col(sigma, x)
+
+    def x0(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        """``(x - sigma eps) / m``; m must be > 0."""
+        _require_positive("m", m, "to estimate x0 = (x - sigma * eps) / m")
+        return (x - _col(sigma, x) * self.eps(x, sigma, m, y)) / _col(m, x)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """(largest, smallest) VE noise std ``sigma / m`` of the trained levels: Langevin's default range."""
+        m, sigma = self.schedule.levels()
+        ve = np.asarray(sigma) / np.asarray(m)
+        return float(ve.max()), float(ve.min())
+
+
+class NetworkScoreModel(ScoreModel):
+    """Any network ``net(x, t[, y])`` trained on ``schedule`` with output ``parameterization``, as a score model.
+
+    A query at caller level (m, sigma) is answered by matching log-SNR: the level maps to the model's
+    time label ``t`` (``time="nearest"``: the nearest trained level; ``"fractional"``: the exact
+    fractional label, for networks that accept it; continuous schedules are always exact), the input
+    is rescaled by ``m_model / m`` and the output converted to eps. ``t`` reaches the network as a
+    float tensor of shape (B,) in the schedule's own label convention.
+
+    This is also how to bring any ``eps(x, t)`` callable: ``NetworkScoreModel(fn, DiscreteVP.linear())``.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Tensor],
+        schedule: Schedule,
+        parameterization: Parameterization = "eps",
+        *,
+        shape: Optional[tuple[int, ...]] = None,
+        time: Literal["nearest", "fractional"] = "nearest",
+    ):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+        if time not in ("nearest", "fractional"):
+            raise ValueError(f"time must be 'nearest' or 'fractional', got {time!r}")
+        self.net, self.schedule, self.parameterization, self.time = net, schedule, parameterization, time
+        self.shape = tuple(shape) if shape is not None else tuple(getattr(net, "shape", ()))
+        self._cache: dict[tuple[float, float], tuple[float, float, float, float]] = {}
+
+    def _model_time(self, log_snr):
+        if self.time == "nearest":
+            return self.schedule.nearest_time(log_snr)
+        return self.schedule.t_from_log_snr(log_snr)
+
+    def _scalar_level(self, sigma: float, m: float) -> tuple[float, float, float, float]:
+        """(t, m_t, sigma_t, input scale) for one caller level; cached, since samplers revisit few levels."""
+        key = (sigma, m)
+        hit = self._cache.get(key)
+        if hit is None:
+            _require_positive("m", m, "to map a level onto the model's schedule")
+            log_snr = 2.0 * (math.log(m) - math.log(sigma)) if sigma > 0 else math.inf
+            t = float(self._model_time(log_snr))
+            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+            hit = (t, m_t, sigma_t, m_t / m)
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        if isinstance(sigma, Tensor) or isinstance(m, Tensor):
+            sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
+            mm = torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
+            _require_positive("m", float(mm.min()), "to map a level onto the model's schedule")
+            with np.errstate(divide="ignore"):
+                t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
+            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+            as_t = lambda a: torch.as_tensor(a, dtype=x.dtype, device=x.device)  # noqa: E731
+            t_in, m_t, sigma_t = as_t(t), as_t(m_t), as_t(sigma_t)
+            x_in = x * _col(m_t / as_t(mm), x)
+        else:
+            t, m_t, sigma_t, scale = self._scalar_level(float(sigma), float(m))
+            t_in = x.new_full((x.shape[0],), t)
+            x_in = x if scale == 1.0 else x * scale
+        out = self.net(x_in, t_in) if y is None else self.net(x_in, t_in, y)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the network returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
+        return to_eps(out, x_in, m_t, sigma_t, self.parameterization)
+
+    def __repr__(self) -> str:
+        return f"NetworkScoreModel({type(self.net).__name__}, {self.schedule!r}, parameterization={self.parameterization!r}, time={self.time!r})"
+
+
+class ModelTransform(ScoreModel):
+    """A score model built from another one (guidance, x0 hooks): forwards shape, schedule, sigma_range."""
+
+    def __init__(self, model: ScoreModel):
+        self.model = model
+
+    @property
+    def shape(self):  # type: ignore[override]
+        return self.model.shape
+
+    @property
+    def schedule(self):  # type: ignore[override]
+        return self.model.schedule
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        return self.model.sigma_range
+
+
+class X0Hook(ModelTransform):
+    """Apply ``hook`` to the denoised estimate x0_hat and answer with the consistent eps.
+
+    This is how DDPM-style image samplers clip x0_hat to the data range at each step (diffusers'
+    ``clip_sample``): ``eps' = (x - m * hook(x0_hat)) / sigma``. Every sampler gets it for free.
+    """
+
+    def __init__(self, model: ScoreModel, hook: Callable[[Tensor], Tensor]):
+        super().__init__(model)
+        self.hook = hook
+
+    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        _require_positive("sigma", sigma, "to apply an x0 hook")
+        m_, sigma_ = _col(m, x), _col(sigma, x)
+        x0 = self.hook((x - sigma_ * self.model.eps(x, sigma, m, y)) / m_)
+        return (x - m_ * x0) / sigma_
+
+
+def clip_x0(low: float = -1.0, high: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """An x0 hook that clips to the data range [low, high] (DDPM's image samplers)."""
+    if not low < high:
+        raise ValueError(f"clip range must have low < high, got [{low}, {high}]")
+    return lambda x0: x0.clamp(low, high)
+
+
+def dynamic_threshold(percentile: float = 0.995, max_value: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """Imagen's dynamic thresholding (Saharia et al. 2022): per sample, clip to the |x0| percentile s >= 1 and divide by s."""
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must be in (0, 1], got {percentile}")
+
+    def hook(x0: Tensor) -> Tensor:
+        s = torch.quantile(x0.reshape(x0.shape[0], -1).abs().float(), percentile, dim=1).clamp_min(max_value)
+        s = s.to(x0).reshape(-1, *([1] * (x0.ndim - 1)))
+        return x0.clamp(-s, s) / s * max_value
+
+    return hook

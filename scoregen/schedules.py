@@ -1,0 +1,310 @@
+"""Noise schedules: the forward process ``x_t = m(t) * x0 + sigma(t) * eps`` as small value objects.
+
+A schedule is fully described by its log-SNR ``lambda(t) = log(m^2 / sigma^2)`` and by its family:
+variance preserving (VP, ``m^2 + sigma^2 = 1``, DDPM) or variance exploding (VE, ``m = 1``, NCSN).
+All arithmetic is float64 numpy; time labels follow each model's own convention (``first_index``):
+DDPM's paper counts t = 1..T, diffusers counts 0..T-1, NCSN indexes sigmas with 0 = sigma_max.
+
+Discrete schedules answer at fractional time too, by interpolating log-SNR linearly between trained
+labels; ``t_from_log_snr`` is the exact inverse of that interpolation (clamped to the trained range).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Union
+
+import numpy as np
+
+Array = Union[float, np.ndarray]
+
+__all__ = [
+    "Schedule",
+    "DiscreteVP",
+    "DiscreteVE",
+    "ContinuousVP",
+    "ContinuousVE",
+    "m_sigma_from_log_snr",
+    "transition",
+]
+
+
+def m_sigma_from_log_snr(log_snr: Array, variance_preserving: bool) -> tuple[Array, Array]:
+    """Signal scale m and noise std sigma of the level with this log-SNR, in VP or VE coordinates."""
+    lam = np.asarray(log_snr, dtype=np.float64)
+    if variance_preserving:
+        # m^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda), written to stay finite for large |lambda|.
+        m = np.sqrt(1.0 / (1.0 + np.exp(-lam)))
+        sigma = np.sqrt(1.0 / (1.0 + np.exp(lam)))
+    else:
+        m = np.ones_like(lam)
+        sigma = np.exp(-0.5 * lam)
+    if np.ndim(log_snr) == 0:
+        return float(m), float(sigma)
+    return m, sigma
+
+
+def transition(m_t: float, sigma_t: float, m_s: float, sigma_s: float) -> tuple[float, float, float]:
+    """The one-step forward kernel between a less noisy level s and a noisier level t.
+
+    ``x_t | x_s ~ N(sqrt(alpha_ts) x_s, beta_ts I)`` with ``alpha_ts = (m_t / m_s)^2`` and
+    ``beta_ts = sigma_t^2 - alpha_ts sigma_s^2``; the posterior ``q(x_s | x_t, x0)`` has variance
+    ``beta_tilde_ts = beta_ts sigma_s^2 / sigma_t^2``. For consecutive DDPM steps these are
+    exactly alpha_t, beta_t and beta_tilde_t (Ho et al. 2020, eq. 7); on a VE grid alpha_ts = 1 and
+    beta_ts = sigma_t^2 - sigma_s^2. Returns ``(alpha_ts, beta_ts, beta_tilde_ts)``.
+    """
+    alpha_ts = (m_t / m_s) ** 2
+    beta_ts = sigma_t**2 - alpha_ts * sigma_s**2
+    if not beta_ts > 0.0:
+        raise ValueError(
+            f"level (m={m_s:.6g}, sigma={sigma_s:.6g}) is not less noisy than (m={m_t:.6g}, sigma={sigma_t:.6g}); "
+            "a sampling grid must be ordered from the noisiest level to the cleanest"
+        )
+    return alpha_ts, beta_ts, beta_ts * sigma_s**2 / sigma_t**2
+
+
+def _check_1d_finite(name: str, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite; found NaN or inf at positions {np.flatnonzero(~np.isfinite(values))[:5].tolist()}")
+    return values
+
+
+class Schedule:
+    """Base class. Subclasses set ``variance_preserving`` and implement log_snr / t_from_log_snr."""
+
+    variance_preserving: bool
+    #: Trained time labels ordered from the noisiest level to the cleanest, or None (continuous time).
+    times: np.ndarray | None = None
+
+    def log_snr(self, t: Array) -> Array:
+        raise NotImplementedError
+
+    def t_from_log_snr(self, log_snr: Array) -> Array:
+        raise NotImplementedError
+
+    def m(self, t: Array) -> Array:
+        return m_sigma_from_log_snr(self.log_snr(t), self.variance_preserving)[0]
+
+    def sigma(self, t: Array) -> Array:
+        return m_sigma_from_log_snr(self.log_snr(t), self.variance_preserving)[1]
+
+    def nearest_time(self, log_snr: Array) -> Array:
+        """The trained label whose log-SNR is nearest; continuous schedules answer exactly."""
+        return self.t_from_log_snr(log_snr)
+
+    def grid(self, steps: int | None = None) -> np.ndarray:
+        """Time labels for a sampler, noisiest first: ``steps`` evenly spaced trained levels (all if None)."""
+        raise NotImplementedError
+
+    def levels(self, steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(m, sigma)`` arrays of ``grid(steps)``, noisiest first, in this schedule's own coordinates."""
+        t = self.grid(steps)
+        return m_sigma_from_log_snr(self.log_snr(t), self.variance_preserving)
+
+
+class _Discrete(Schedule):
+    """A finite set of trained levels with integer labels; fractional labels interpolate log-SNR."""
+
+    def __init__(self, log_snr_per_label: np.ndarray, first_index: int):
+        self.first_index = int(first_index)
+        self.labels = np.arange(len(log_snr_per_label), dtype=np.float64) + self.first_index
+        self._lsnr = np.asarray(log_snr_per_label, dtype=np.float64)
+        order = np.argsort(self._lsnr)
+        self._lsnr_sorted = self._lsnr[order]
+        self._labels_by_lsnr = self.labels[order]
+        self._lsnr_list = self._lsnr_sorted.tolist()  # scalar fast path: one bisect per batch
+        self.times = self._labels_by_lsnr.copy()  # ascending log-SNR == noisiest first
+
+    def __len__(self) -> int:
+        return len(self._lsnr)
+
+    def log_snr(self, t: Array) -> Array:
+        t_arr = np.asarray(t, dtype=np.float64)
+        lo, hi = self.labels[0], self.labels[-1]
+        if np.any((t_arr < lo - 1e-9) | (t_arr > hi + 1e-9)):
+            raise ValueError(f"time label {t} is outside this schedule's trained range [{lo:g}, {hi:g}]")
+        out = np.interp(t_arr, self.labels, self._lsnr)
+        return float(out) if np.ndim(t) == 0 else out
+
+    def t_from_log_snr(self, log_snr: Array) -> Array:
+        out = np.interp(np.asarray(log_snr, dtype=np.float64), self._lsnr_sorted, self._labels_by_lsnr)
+        return float(out) if np.ndim(log_snr) == 0 else out
+
+    def nearest_time(self, log_snr: Array) -> Array:
+        if np.ndim(log_snr) == 0:
+            lam = float(log_snr)
+            i = bisect.bisect_left(self._lsnr_list, lam)
+            if i == len(self._lsnr_list) or (i > 0 and lam - self._lsnr_list[i - 1] <= self._lsnr_list[i] - lam):
+                i -= 1
+            return float(self._labels_by_lsnr[i])
+        lam = np.asarray(log_snr, dtype=np.float64)
+        i = np.clip(np.searchsorted(self._lsnr_sorted, lam), 1, len(self) - 1)
+        take_lower = (lam - self._lsnr_sorted[i - 1]) <= (self._lsnr_sorted[i] - lam)
+        return self._labels_by_lsnr[np.where(take_lower, i - 1, i)]
+
+    def grid(self, steps: int | None = None) -> np.ndarray:
+        if steps is None:
+            return self.times.copy()
+        steps = int(steps)
+        if not 1 <= steps <= len(self):
+            raise ValueError(f"steps must be between 1 and the {len(self)} trained levels, got {steps}")
+        idx = np.unique(np.round(np.linspace(0, len(self) - 1, steps)).astype(np.int64))
+        return self.times[idx]
+
+
+class DiscreteVP(_Discrete):
+    """DDPM's discrete variance-preserving schedule from its betas (Ho et al. 2020).
+
+    Label ``t`` (``first_index`` .. ``first_index + T - 1``; the paper's convention is 1) has
+    ``alpha_t = 1 - beta_t``, ``abar_t = prod_{s<=t} alpha_s``, ``m = sqrt(abar_t)``,
+    ``sigma = sqrt(1 - abar_t)``. Arrays ``beta, alpha, abar, beta_tilde, vlb_weight`` are indexed by
+    position ``t - first_index``.
+    """
+
+    variance_preserving = True
+
+    def __init__(self, betas, first_index: int = 1):
+        beta = _check_1d_finite("betas", betas)
+        bad = np.flatnonzero((beta <= 0) | (beta >= 1))
+        if bad.size:
+            raise ValueError(
+                f"every beta must lie in the open interval (0, 1); beta[{bad[0]}] = {beta[bad[0]]!r}. "
+                "DDPM's linear schedule is DiscreteVP.linear(1000, 1e-4, 0.02)"
+            )
+        self.beta = beta
+        self.alpha = 1.0 - beta
+        self.abar = np.cumprod(self.alpha)
+        abar_prev = np.concatenate([[1.0], self.abar[:-1]])
+        self.beta_tilde = beta * (1.0 - abar_prev) / (1.0 - self.abar)
+        super().__init__(np.log(self.abar) - np.log1p(-self.abar), first_index)
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, first_index: int = 1) -> "DiscreteVP":
+        """Ho et al. (2020): betas linear from 1e-4 to 0.02 over T = 1000 steps."""
+        return cls(np.linspace(beta_start, beta_end, int(T), dtype=np.float64), first_index)
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999, first_index: int = 1) -> "DiscreteVP":
+        """Nichol & Dhariwal (2021), eq. 17: abar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2)."""
+        f = np.cos((np.arange(int(T) + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+        return cls(np.minimum(1.0 - f[1:] / f[:-1], max_beta), first_index)
+
+    @property
+    def vlb_weight(self) -> np.ndarray:
+        """Coefficient of ||eps - eps_theta||^2 in L_{t-1} (Ho et al. eq. 12): beta^2 / (2 beta_tilde alpha (1 - abar)).
+
+        Infinite at the first label, where beta_tilde = 0 (that term is the decoder, not a KL).
+        """
+        with np.errstate(divide="ignore"):
+            return self.beta**2 / (2.0 * self.beta_tilde * self.alpha * (1.0 - self.abar))
+
+    def __repr__(self) -> str:
+        return f"DiscreteVP(T={len(self)}, beta=[{self.beta[0]:.3g}..{self.beta[-1]:.3g}], first_index={self.first_index})"
+
+
+class DiscreteVE(_Discrete):
+    """NCSN's variance-exploding levels: ``m = 1`` and a strictly decreasing sigma sequence.
+
+    Label ``i`` (``first_index`` .. ; 0 = sigma_max, the NCSN convention) has ``sigma_i``.
+    Fractional labels interpolate log sigma linearly, which is exact for a geometric sequence.
+    """
+
+    variance_preserving = False
+
+    def __init__(self, sigmas, first_index: int = 0):
+        sig = _check_1d_finite("sigmas", sigmas)
+        if np.any(sig <= 0):
+            raise ValueError(f"every sigma must be positive, got min {sig.min()!r}")
+        if np.any(np.diff(sig) >= 0):
+            i = int(np.flatnonzero(np.diff(sig) >= 0)[0])
+            raise ValueError(
+                f"sigmas must be strictly decreasing (sigma_max first, NCSN convention); "
+                f"sigma[{i}] = {sig[i]!r} <= sigma[{i + 1}] = {sig[i + 1]!r}"
+            )
+        self.sigmas = sig
+        super().__init__(-2.0 * np.log(sig), first_index)
+
+    @classmethod
+    def geometric(cls, sigma_max: float = 1.0, sigma_min: float = 0.01, L: int = 10, first_index: int = 0) -> "DiscreteVE":
+        """Song & Ermon (2019): L sigmas in geometric progression from sigma_max down to sigma_min."""
+        if not (sigma_max > sigma_min > 0):
+            raise ValueError(f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max!r}, sigma_min={sigma_min!r}")
+        if int(L) < 2:
+            raise ValueError(f"a geometric sigma sequence needs L >= 2 levels, got {L}")
+        return cls(np.geomspace(sigma_max, sigma_min, int(L)), first_index)
+
+    def __repr__(self) -> str:
+        return f"DiscreteVE(L={len(self)}, sigma=[{self.sigmas[0]:.4g}..{self.sigmas[-1]:.4g}], first_index={self.first_index})"
+
+
+class _Continuous(Schedule):
+    t_min: float
+    t_max: float = 1.0
+
+    def _check_t(self, t: Array) -> np.ndarray:
+        t_arr = np.asarray(t, dtype=np.float64)
+        if np.any((t_arr < 0.0) | (t_arr > self.t_max)):
+            raise ValueError(f"time {t} is outside [0, {self.t_max:g}]")
+        return t_arr
+
+    def grid(self, steps: int | None = None) -> np.ndarray:
+        """``steps`` uniform times from t_max down to t_min (default 1000)."""
+        steps = 1000 if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return np.linspace(self.t_max, self.t_min, steps)
+
+
+class ContinuousVP(_Continuous):
+    """Score-SDE's VP SDE (Song et al. 2021): ``log abar(t) = -beta_min t - (beta_max - beta_min) t^2 / 2``, t in [0, 1]."""
+
+    variance_preserving = True
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+        if not (0 < beta_min < beta_max):
+            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min!r}, {beta_max!r}")
+        self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
+
+    def log_snr(self, t: Array) -> Array:
+        t_arr = self._check_t(t)
+        neg_log_abar = self.beta_min * t_arr + 0.5 * (self.beta_max - self.beta_min) * t_arr**2
+        with np.errstate(divide="ignore"):
+            out = -np.log(np.expm1(neg_log_abar))  # log(abar / (1 - abar))
+        return float(out) if np.ndim(t) == 0 else out
+
+    def t_from_log_snr(self, log_snr: Array) -> Array:
+        u = np.logaddexp(0.0, -np.asarray(log_snr, dtype=np.float64))  # -log abar = softplus(-lambda)
+        d = self.beta_max - self.beta_min
+        out = np.clip((np.sqrt(self.beta_min**2 + 2.0 * d * u) - self.beta_min) / d, 0.0, self.t_max)
+        return float(out) if np.ndim(log_snr) == 0 else out
+
+    def __repr__(self) -> str:
+        return f"ContinuousVP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
+
+
+class ContinuousVE(_Continuous):
+    """Score-SDE's VE SDE: ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, t in [0, 1], m = 1."""
+
+    variance_preserving = False
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5):
+        if not (sigma_max > sigma_min > 0):
+            raise ValueError(f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max!r}, sigma_min={sigma_min!r}")
+        self.sigma_min, self.sigma_max, self.t_min = float(sigma_min), float(sigma_max), float(t_min)
+
+    def log_snr(self, t: Array) -> Array:
+        t_arr = self._check_t(t)
+        out = -2.0 * (math.log(self.sigma_min) + t_arr * math.log(self.sigma_max / self.sigma_min))
+        return float(out) if np.ndim(t) == 0 else out
+
+    def t_from_log_snr(self, log_snr: Array) -> Array:
+        log_sigma = -0.5 * np.asarray(log_snr, dtype=np.float64)
+        out = np.clip((log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min), 0.0, self.t_max)
+        return float(out) if np.ndim(log_snr) == 0 else out
+
+    def __repr__(self) -> str:
+        return f"ContinuousVE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"

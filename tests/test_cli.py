@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scoregen.cli import main
+
+
+def test_sample_writes_float32_array_and_reports_nfe(tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    assert main(["sample", "--target", "ring2d", "--sampler", "ddim", "--steps", "20", "-n", "64",
+                 "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    arr = np.load(out)
+    assert arr.shape == (64, 2) and arr.dtype == np.float32
+    # ring2d samples sit near the circle of radius 2
+    assert np.abs(np.linalg.norm(arr, axis=1) - 2.0).max() < 0.8
+    text = capsys.readouterr().out
+    assert "NFE 20" in text and "wall time" in text
+
+
+def test_same_seed_same_file(tmp_path):
+    paths = [tmp_path / f"{i}.npy" for i in range(2)]
+    for p in paths:
+        main(["sample", "--sampler", "ddpm", "--steps", "30", "-n", "16", "--seed", "7", "--out", str(p), "--no-progress"])
+    np.testing.assert_array_equal(np.load(paths[0]), np.load(paths[1]))
+
+
+def test_guided_sampling_lands_in_the_requested_class(tmp_path):
+    out = tmp_path / "g.npy"
+    main(["sample", "--sampler", "ddpm", "--steps", "100", "--label", "2", "--guidance-scale", "1", "-n", "200",
+          "--out", str(out), "--no-progress"])
+    arr = np.load(out)
+    angle = np.arctan2(arr[:, 1], arr[:, 0])
+    # class 2 of ring2d is the component at angle 2 * 2pi/8 = pi/2
+    assert np.mean(np.abs(angle - np.pi / 2) < np.pi / 8) > 0.97
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sampler", "ddpm", "--eta", "0.5"], "--eta do(es) not apply to --sampler ddpm"),
+        (["--sampler", "langevin", "--steps", "10"], "--steps do(es) not apply to --sampler langevin"),
+        (["--guidance-scale", "2"], "--guidance-scale needs --label"),
+        (["--label", "99"], "--label must be a class of ring2d"),
+        (["--target", "nope"], "expected one of"),
+        (["--steps", "0"], "expected a positive integer"),
+    ],
+)
+def test_bad_sample_arguments_are_explained(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", *argv, "--out", str(tmp_path / "x.npy"), "-n", "4"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_malformed_target_file_is_an_error_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"weights": [1, 1], "means": [[0.0], [1.0]], "stds": [0.1, -0.2]}))
+    assert main(["sample", "--target", str(bad), "--out", str(tmp_path / "x.npy"), "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "std must be positive" in err and "bad.json" in err
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_user_target_file_is_sampled(tmp_path):
+    spec = tmp_path / "two.json"
+    spec.write_text(json.dumps({"weights": [0.25, 0.75], "means": [[-4.0], [4.0]], "stds": [0.5, 0.5]}))
+    out = tmp_path / "two.npy"
+    main(["sample", "--target", str(spec), "--sampler", "ddim", "--steps", "50", "-n", "2000", "--out", str(out), "--no-progress"])
+    x = np.load(out)[:, 0]
+    # fraction on the right mode ~ 0.75 +- 5 standard errors sqrt(0.75 * 0.25 / 2000) ~ 0.0097
+    assert abs(np.mean(x > 0) - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 2000)
+
+
+def test_bench_prints_a_row_per_sampler_and_budget(tmp_path, capsys):
+    csv = tmp_path / "b.csv"
+    assert main(["bench", "--budgets", "10,20", "-n", "300", "--csv", str(csv), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for name in ("exact", "ddpm", "ddim", "langevin"):
+        assert name in out
+    assert "sliced W2" in out and "mode TV" in out
+    lines = csv.read_text().strip().splitlines()
+    assert len(lines) == 1 + 1 + 3 * 2  # header, exact, 3 samplers x 2 budgets
+    assert lines[0].startswith("sampler,options,nfe,")
+
+
+def test_bench_rejects_unknown_sampler(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--samplers", "ddpm,heun"])
+    assert "unknown ['heun']" in capsys.readouterr().err
+
+
+def test_module_entry_point_shows_help():
+    out = subprocess.run([sys.executable, "-m", "scoregen.cli", "sample", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--steps-per-level" in out.stdout
