@@ -7,7 +7,7 @@ import scoregen as sg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-OPTIONS = {"ddpm": {"steps": 200}, "ddim": {"steps": 100, "eta": 0.5}, "langevin": {"levels": 10, "steps_per_level": 30}}
+OPTIONS = {"ddpm": {"steps": 200}, "ddim": {"steps": 100, "eta": 0.5}, "langevin": {"levels": 30, "steps_per_level": 100}}
 
 
 @pytest.mark.parametrize("sampler", sorted(OPTIONS))
