@@ -51,6 +51,14 @@ def _col(v: Level, x: Tensor) -> Level:
     return v
 
 
+def _check_level(sigma: Level, m: Level, x: Tensor) -> None:
+    """A level is finite, sigma >= 0 and m > 0, and a per-sample level has shape (batch,)."""
+    _col(sigma, x), _col(m, x)  # shape check
+    s, mm = torch.as_tensor(sigma), torch.as_tensor(m)
+    if not (bool(torch.isfinite(s).all()) and bool(torch.isfinite(mm).all()) and bool((s >= 0).all()) and bool((mm > 0).all())):
+        raise ValueError(f"a noise level needs finite sigma >= 0 and m > 0; got sigma={sigma}, m={m}")
+
+
 def _require_positive(name: str, v: Level, why: str) -> None:
     bad = (v <= 0).any().item() if isinstance(v, Tensor) else not v > 0
     if bad:
@@ -161,7 +169,8 @@ class NetworkScoreModel(ScoreModel):
         key = (sigma, m)
         hit = self._cache.get(key)
         if hit is None:
-            _require_positive("m", m, "to map a level onto the model's schedule")
+            if not (math.isfinite(sigma) and math.isfinite(m) and sigma >= 0 and m > 0):
+                raise ValueError(f"a noise level needs finite sigma >= 0 and m > 0; got sigma={sigma}, m={m}")
             log_snr = 2.0 * (math.log(m) - math.log(sigma)) if sigma > 0 else math.inf
             t = float(self._model_time(log_snr))
             m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
@@ -173,9 +182,9 @@ class NetworkScoreModel(ScoreModel):
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         if isinstance(sigma, Tensor) or isinstance(m, Tensor):
+            _check_level(sigma, m, x)
             sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
             mm = torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
-            _require_positive("m", float(mm.min()), "to map a level onto the model's schedule")
             with np.errstate(divide="ignore"):
                 t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
             m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)

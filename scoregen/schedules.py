@@ -125,7 +125,7 @@ class _Discrete(Schedule):
     def log_snr(self, t: Array) -> Array:
         t_arr = np.asarray(t, dtype=np.float64)
         lo, hi = self.labels[0], self.labels[-1]
-        if np.any((t_arr < lo - 1e-9) | (t_arr > hi + 1e-9)):
+        if not np.all((t_arr >= lo - 1e-9) & (t_arr <= hi + 1e-9)):  # also refuses NaN
             raise ValueError(f"time label {t} is outside this schedule's trained range [{lo:g}, {hi:g}]")
         out = np.interp(t_arr, self.labels, self._lsnr)
         return float(out) if np.ndim(t) == 0 else out
@@ -247,7 +247,7 @@ class _Continuous(Schedule):
 
     def _check_t(self, t: Array) -> np.ndarray:
         t_arr = np.asarray(t, dtype=np.float64)
-        if np.any((t_arr < 0.0) | (t_arr > self.t_max)):
+        if not np.all((t_arr >= 0.0) & (t_arr <= self.t_max)):  # also refuses NaN
             raise ValueError(f"time {t} is outside [0, {self.t_max:g}]")
         return t_arr
 

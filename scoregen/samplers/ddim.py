@@ -37,8 +37,9 @@ def ddim(
     with progress_bar(len(c), progress, "ddim") as bar:
         for i in range(len(c)):
             eps = model.eps(x, sigma[i], m[i], y)
-            x0 = x.sub_(eps, alpha=sigma[i]).div_(m[i])  # x0_hat, in place: x is not needed again
-            x = x0.mul_(m[i + 1]).add_(eps, alpha=math.sqrt(sigma[i + 1] ** 2 - c[i] ** 2))  # eq. 12
+            # eq. 12 with x0_hat = (x - sigma_t eps) / m_t, folded into two in-place passes over x
+            direction = math.sqrt(sigma[i + 1] ** 2 - c[i] ** 2)
+            x.mul_(m[i + 1] / m[i]).add_(eps, alpha=direction - m[i + 1] * sigma[i] / m[i])
             if c[i] > 0:
                 x.add_(noise.normal_(generator=generator), alpha=c[i])
             bar.update()
