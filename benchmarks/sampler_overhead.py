@@ -3,9 +3,11 @@
 What is left is the sampler's own cost per step: level lookup, coefficient arithmetic, the update
 and (for stochastic samplers) the noise draw. Prints a table of median microseconds per step at
 batch 1 and batch 8192, next to the cost of one ``torch.randn`` of the batch (the floor of any
-sampler that injects fresh noise each step).
+sampler that injects fresh noise each step). Each cell is "median / best" over the repeats: on CPU,
+glibc's allocator occasionally returns the network's 2 MB output buffers to the OS and page-faults
+them back, which makes single runs spiky (setting MALLOC_MMAP_THRESHOLD_=67108864 removes that).
 
-    python benchmarks/sampler_overhead.py [--repeats 7] [--device cpu|cuda]
+    python benchmarks/sampler_overhead.py [--repeats 15] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def zero_model() -> sg.NetworkScoreModel:
     return sg.NetworkScoreModel(lambda x, t: torch.zeros_like(x), sg.DiscreteVP.linear(), shape=(D,))
 
 
-def per_step_us(model, sampler: str, batch: int, options: dict, repeats: int, device: str) -> float:
+def per_step_us(model, sampler: str, batch: int, options: dict, repeats: int, device: str) -> tuple[float, float]:
     sg.sample(model, sampler, batch, seed=0, progress=False, device=device, **options)  # warm-up
     times = []
     for r in range(repeats):
@@ -43,7 +45,7 @@ def per_step_us(model, sampler: str, batch: int, options: dict, repeats: int, de
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(res.wall_time / res.nfe * 1e6)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def randn_us(batch: int, repeats: int, device: str) -> float:
@@ -57,23 +59,24 @@ def randn_us(batch: int, repeats: int, device: str) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) / 20 * 1e6)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     model = zero_model()
     print(f"scoregen {sg.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {args.device}; median of {args.repeats} runs, microseconds per step")
-    print(f"{'sampler':<20} {'batch 1':>10} {'batch 8192':>12}")
-    for label, name, opts1, opts_big in CASES:
-        small = per_step_us(model, name, 1, opts1, args.repeats, args.device)
-        big = per_step_us(model, name, 8192, opts_big, args.repeats, args.device)
-        print(f"{label:<20} {small:>10.1f} {big:>12.1f}")
-    print(f"{'(one randn draw)':<20} {randn_us(1, args.repeats, args.device):>10.1f} {randn_us(8192, args.repeats, args.device):>12.1f}")
+          f"{torch.get_num_threads()} threads, device {args.device}; microseconds per step, median / best of {args.repeats} runs")
+    print(f"| {'sampler':<20} | {'batch 1':>13} | {'batch 8192':>15} |")
+    print(f"| {'-' * 20} | {'-' * 12}: | {'-' * 14}: |")
+    rows = [(label, per_step_us(model, name, 1, o1, args.repeats, args.device),
+             per_step_us(model, name, 8192, o2, args.repeats, args.device)) for label, name, o1, o2 in CASES]
+    rows.append(("(one randn draw)", randn_us(1, args.repeats, args.device), randn_us(8192, args.repeats, args.device)))
+    for label, (s_med, s_min), (b_med, b_min) in rows:
+        print(f"| {label:<20} | {s_med:>6.1f} / {s_min:>4.1f} | {b_med:>7.0f} / {b_min:>5.0f} |")
 
 
 if __name__ == "__main__":

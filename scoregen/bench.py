@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .guidance import ClassifierGuidance
+from .io import atomic_write
 from .metrics import mode_tv, sliced_w2, sliced_w2_noise_floor
 from .samplers import SAMPLERS, sample
 from .samplers.langevin import ncsnv2_levels
@@ -61,15 +62,18 @@ def run_bench(
     With ``label``, the samplers run under exact classifier guidance and are scored against the exact
     conditional p(x | label). The first row is the exact sampler: its sliced W2 is the noise floor.
     """
-    model, reference = target, target
+    model, reference, weights = target, target, None
     if label is not None:
         model = ClassifierGuidance(target, target.classifier, guidance_scale)
         reference = target.conditional(label)
+        # mode TV over all components: a sample in another class's mode counts against the sampler
+        weights = torch.as_tensor(target.weights * (target.labels == label))
+        weights = weights / weights.sum()
     g = torch.Generator().manual_seed(seed + 1)
     ref_samples = reference.sample(n, g)
     floor = sliced_w2_noise_floor(reference, n, seed=seed + 2)
     exact = reference.sample(n, torch.Generator().manual_seed(seed))
-    rows = [BenchRow("exact", "-", 0, sliced_w2(exact, ref_samples), floor, mode_tv(exact, reference), 0.0)]
+    rows = [BenchRow("exact", "-", 0, sliced_w2(exact, ref_samples), floor, mode_tv(exact, target, weights), 0.0)]
     max_steps = len(target.schedule.times) if target.schedule.times is not None else 1000
     langevin_levels = ncsnv2_levels(*target.sigma_range, target.dim)
     jobs = [(s, b) for s in samplers for b in sorted(set(budgets))]
@@ -77,7 +81,7 @@ def run_bench(
         opts = budget_options(name, budget, max_steps, langevin_levels)
         r = sample(model, name, n, seed=seed, y=label, progress=False, **opts)
         rows.append(BenchRow(name, " ".join(f"{k}={v}" for k, v in opts.items()), r.nfe,
-                             sliced_w2(r.samples, ref_samples), floor, mode_tv(r.samples, reference), r.wall_time))
+                             sliced_w2(r.samples, ref_samples), floor, mode_tv(r.samples, target, weights), r.wall_time))
     return rows
 
 
@@ -91,14 +95,11 @@ def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
 
 def rows_to_csv(rows: Sequence[BenchRow], path: str) -> None:
     import csv
-    import os
 
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+    with atomic_write(path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])), lineterminator="\n")
         w.writeheader()
         w.writerows(asdict(r) for r in rows)
-    os.replace(tmp, path)
 
 
 def plot_bench(rows: Sequence[BenchRow], path: str, title: str = "") -> None:
@@ -116,6 +117,7 @@ def plot_bench(rows: Sequence[BenchRow], path: str, title: str = "") -> None:
         axes[0].plot([r.nfe for r in pts], [r.sliced_w2 for r in pts], "o-", label=name)
         axes[1].plot([r.nfe for r in pts], [r.mode_tv for r in pts], "o-", label=name)
     axes[0].axhline(rows[0].noise_floor, ls="--", c="gray", label="noise floor")
+    axes[1].axhline(rows[0].mode_tv, ls="--", c="gray", label="exact samples")
     for ax, ylabel in zip(axes, ("sliced W2", "mode-weight TV")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -37,7 +37,10 @@ class ClassifierGuidance(ModelTransform):
             log_p = torch.log_softmax(self.classifier(x_in, sigma, m), dim=-1)
             if log_p.ndim != 2 or log_p.shape[0] != x.shape[0]:
                 raise ValueError(f"the classifier must return logits of shape (batch, classes), got {tuple(log_p.shape)}")
-            picked = log_p.gather(1, y.long().reshape(-1, 1).expand(x.shape[0], 1))
+            y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(x.shape[0])
+            if bool(((y < 0) | (y >= log_p.shape[1])).any()):
+                raise ValueError(f"class labels must be in 0..{log_p.shape[1] - 1} (the classifier's classes), got {sorted(set(y.tolist()))}")
+            picked = log_p.gather(1, y.reshape(-1, 1))
             return torch.autograd.grad(picked.sum(), x_in)[0]
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:

@@ -17,7 +17,7 @@ def sliced_w2(a: Tensor, b: Tensor, projections: int = 256, seed: int = 0) -> fl
     from ``seed`` (the same directions for every call with that seed). 1-D W2 compares quantiles; sets
     of different sizes are compared at the quantiles of the larger one by interpolation.
     """
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    a, b = (torch.as_tensor(v).detach().to("cpu", torch.float64) for v in (a, b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"sliced_w2 needs two (N, d) sample sets of the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
     if len(a) < 2 or len(b) < 2:
@@ -50,9 +50,10 @@ def sliced_w2_noise_floor(target, n: int, seed: int = 0, projections: int = 256)
 def mode_tv(samples: Tensor, target, weights: Optional[Tensor] = None) -> float:
     """Total variation between the target's component weights and the samples' component histogram.
 
-    Each sample goes to its most likely component under the clean target, ``argmax_k p(k | x)``.
+    Each sample goes to its most likely component under the clean target, ``argmax_k p(k | x)``;
+    ``weights`` (K,) replaces the target's own, e.g. to score class-conditional samples over all components.
     """
-    k = target.component_posterior(torch.as_tensor(samples, dtype=torch.float64)).argmax(-1)
+    k = target.component_posterior(torch.as_tensor(samples).detach().to("cpu", torch.float64)).argmax(-1)
     hist = torch.bincount(k, minlength=len(target.weights)).double() / len(k)
     w = torch.as_tensor(target.weights if weights is None else weights, dtype=torch.float64)
     return 0.5 * float((hist - w).abs().sum())

@@ -51,11 +51,15 @@ def _col(v: Level, x: Tensor) -> Level:
     return v
 
 
-def _check_level(sigma: Level, m: Level, x: Tensor) -> None:
-    """A level is finite, sigma >= 0 and m > 0, and a per-sample level has shape (batch,)."""
-    _col(sigma, x), _col(m, x)  # shape check
-    s, mm = torch.as_tensor(sigma), torch.as_tensor(m)
-    if not (bool(torch.isfinite(s).all()) and bool(torch.isfinite(mm).all()) and bool((s >= 0).all()) and bool((mm > 0).all())):
+def check_level(sigma: Level, m: Level, x: Tensor) -> None:
+    """Refuse a level that is not finite with sigma >= 0 and m > 0, or a per-sample level not of shape (batch,)."""
+    if isinstance(sigma, Tensor) or isinstance(m, Tensor):
+        _col(sigma, x), _col(m, x)  # shape check
+        s, mm = torch.as_tensor(sigma), torch.as_tensor(m)
+        ok = bool(torch.isfinite(s).all() & torch.isfinite(mm).all() & (s >= 0).all() & (mm > 0).all())
+    else:
+        ok = math.isfinite(sigma) and math.isfinite(m) and sigma >= 0 and m > 0
+    if not ok:
         raise ValueError(f"a noise level needs finite sigma >= 0 and m > 0; got sigma={sigma}, m={m}")
 
 
@@ -130,6 +134,11 @@ class ScoreModel:
         return float(ve.max()), float(ve.min())
 
 
+def _label_dtype(x: Tensor) -> torch.dtype:
+    # float32 at least: in bfloat16 the label 999 would round to 1000.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 class NetworkScoreModel(ScoreModel):
     """Any network ``net(x, t[, y])`` trained on ``schedule`` with output ``parameterization``, as a score model.
 
@@ -137,7 +146,7 @@ class NetworkScoreModel(ScoreModel):
     time label ``t`` (``time="nearest"``: the nearest trained level; ``"fractional"``: the exact
     fractional label, for networks that accept it; continuous schedules are always exact), the input
     is rescaled by ``m_model / m`` and the output converted to eps. ``t`` reaches the network as a
-    float tensor of shape (B,) in the schedule's own label convention.
+    float32 tensor (float64 for float64 inputs) of shape (B,) in the schedule's own label convention.
 
     This is also how to bring any ``eps(x, t)`` callable: ``NetworkScoreModel(fn, DiscreteVP.linear())``.
     """
@@ -169,8 +178,7 @@ class NetworkScoreModel(ScoreModel):
         key = (sigma, m)
         hit = self._cache.get(key)
         if hit is None:
-            if not (math.isfinite(sigma) and math.isfinite(m) and sigma >= 0 and m > 0):
-                raise ValueError(f"a noise level needs finite sigma >= 0 and m > 0; got sigma={sigma}, m={m}")
+            check_level(sigma, m, None)
             log_snr = 2.0 * (math.log(m) - math.log(sigma)) if sigma > 0 else math.inf
             t = float(self._model_time(log_snr))
             m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
@@ -182,18 +190,18 @@ class NetworkScoreModel(ScoreModel):
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         if isinstance(sigma, Tensor) or isinstance(m, Tensor):
-            _check_level(sigma, m, x)
+            check_level(sigma, m, x)
             sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
             mm = torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
             with np.errstate(divide="ignore"):
                 t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
             m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
             as_t = lambda a: torch.as_tensor(a, dtype=x.dtype, device=x.device)  # noqa: E731
-            t_in, m_t, sigma_t = as_t(t), as_t(m_t), as_t(sigma_t)
+            t_in, m_t, sigma_t = torch.as_tensor(t, dtype=_label_dtype(x), device=x.device), as_t(m_t), as_t(sigma_t)
             x_in = x * _col(m_t / as_t(mm), x)
         else:
             t, m_t, sigma_t, scale = self._scalar_level(float(sigma), float(m))
-            t_in = x.new_full((x.shape[0],), t)
+            t_in = torch.full((x.shape[0],), t, dtype=_label_dtype(x), device=x.device)
             x_in = x if scale == 1.0 else x * scale
         out = self.net(x_in, t_in) if y is None else self.net(x_in, t_in, y)
         if not isinstance(out, Tensor) or out.shape != x.shape:
@@ -253,6 +261,8 @@ def dynamic_threshold(percentile: float = 0.995, max_value: float = 1.0) -> Call
     """Imagen's dynamic thresholding (Saharia et al. 2022): per sample, clip to the |x0| percentile s >= 1 and divide by s."""
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"percentile must be in (0, 1], got {percentile}")
+    if not max_value > 0:
+        raise ValueError(f"max_value (the data range's bound) must be > 0, got {max_value}")
 
     def hook(x0: Tensor) -> Tensor:
         s = torch.quantile(x0.reshape(x0.shape[0], -1).abs().float(), percentile, dim=1).clamp_min(max_value)

@@ -11,7 +11,6 @@ labels; ``t_from_log_snr`` is the exact inverse of that interpolation (clamped t
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Union
 
@@ -62,6 +61,13 @@ def transition(m_t: float, sigma_t: float, m_s: float, sigma_s: float) -> tuple[
             "a sampling grid must be ordered from the noisiest level to the cleanest"
         )
     return alpha_ts, beta_ts, beta_ts * sigma_s**2 / sigma_t**2
+
+
+def check_count(name: str, value) -> int:
+    """A positive integer option (a step or level count); 2.7 steps is an error, not 2."""
+    if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _check_1d_finite(name: str, values: np.ndarray) -> np.ndarray:
@@ -116,7 +122,6 @@ class _Discrete(Schedule):
         order = np.argsort(self._lsnr)
         self._lsnr_sorted = self._lsnr[order]
         self._labels_by_lsnr = self.labels[order]
-        self._lsnr_list = self._lsnr_sorted.tolist()  # scalar fast path: one bisect per batch
         self.times = self._labels_by_lsnr.copy()  # ascending log-SNR == noisiest first
 
     def __len__(self) -> int:
@@ -135,22 +140,20 @@ class _Discrete(Schedule):
         return float(out) if np.ndim(log_snr) == 0 else out
 
     def nearest_time(self, log_snr: Array) -> Array:
-        if np.ndim(log_snr) == 0:
-            lam = float(log_snr)
-            i = bisect.bisect_left(self._lsnr_list, lam)
-            if i == len(self._lsnr_list) or (i > 0 and lam - self._lsnr_list[i - 1] <= self._lsnr_list[i] - lam):
-                i -= 1
-            return float(self._labels_by_lsnr[i])
         lam = np.asarray(log_snr, dtype=np.float64)
-        i = np.clip(np.searchsorted(self._lsnr_sorted, lam), 1, len(self) - 1)
-        take_lower = (lam - self._lsnr_sorted[i - 1]) <= (self._lsnr_sorted[i] - lam)
-        return self._labels_by_lsnr[np.where(take_lower, i - 1, i)]
+        if len(self) == 1:
+            out = np.full_like(lam, self.labels[0])
+        else:
+            i = np.clip(np.searchsorted(self._lsnr_sorted, lam), 1, len(self) - 1)
+            take_lower = (lam - self._lsnr_sorted[i - 1]) <= (self._lsnr_sorted[i] - lam)
+            out = self._labels_by_lsnr[np.where(take_lower, i - 1, i)]
+        return float(out) if np.ndim(log_snr) == 0 else out
 
     def grid(self, steps: int | None = None) -> np.ndarray:
         if steps is None:
             return self.times.copy()
-        steps = int(steps)
-        if not 1 <= steps <= len(self):
+        steps = check_count("steps", steps)
+        if steps > len(self):
             raise ValueError(f"steps must be between 1 and the {len(self)} trained levels, got {steps}")
         idx = np.unique(np.round(np.linspace(0, len(self) - 1, steps)).astype(np.int64))
         return self.times[idx]
@@ -242,6 +245,9 @@ class DiscreteVE(_Discrete):
 
 
 class _Continuous(Schedule):
+    """Continuous time in [0, t_max]; ``t_from_log_snr`` clamps to [t_min, t_max], the range the model is
+    queried in, so a level cleaner than t_min is answered at t_min (never at sigma = 0)."""
+
     t_min: float
     t_max: float = 1.0
 
@@ -253,9 +259,7 @@ class _Continuous(Schedule):
 
     def grid(self, steps: int | None = None) -> np.ndarray:
         """``steps`` uniform times from t_max down to t_min (default 1000)."""
-        steps = 1000 if steps is None else int(steps)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        steps = 1000 if steps is None else check_count("steps", steps)
         return np.linspace(self.t_max, self.t_min, steps)
 
 
@@ -279,7 +283,7 @@ class ContinuousVP(_Continuous):
     def t_from_log_snr(self, log_snr: Array) -> Array:
         u = np.logaddexp(0.0, -np.asarray(log_snr, dtype=np.float64))  # -log abar = softplus(-lambda)
         d = self.beta_max - self.beta_min
-        out = np.clip((np.sqrt(self.beta_min**2 + 2.0 * d * u) - self.beta_min) / d, 0.0, self.t_max)
+        out = np.clip((np.sqrt(self.beta_min**2 + 2.0 * d * u) - self.beta_min) / d, self.t_min, self.t_max)
         return float(out) if np.ndim(log_snr) == 0 else out
 
     def __repr__(self) -> str:
@@ -303,7 +307,7 @@ class ContinuousVE(_Continuous):
 
     def t_from_log_snr(self, log_snr: Array) -> Array:
         log_sigma = -0.5 * np.asarray(log_snr, dtype=np.float64)
-        out = np.clip((log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min), 0.0, self.t_max)
+        out = np.clip((log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min), self.t_min, self.t_max)
         return float(out) if np.ndim(log_snr) == 0 else out
 
     def __repr__(self) -> str:

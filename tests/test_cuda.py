@@ -34,3 +34,10 @@ def test_network_model_and_guidance_on_cuda():
     cpu = sg.sample(guided, "ddim", 4000, seed=1, y=1, progress=False, steps=100).samples
     # same algorithm, different RNG streams on the two devices: compare distributions, not samples
     assert abs(res.samples.mean().item() - cpu.mean().item()) < 0.1
+
+
+def test_metrics_accept_cuda_samples():
+    target = sg.load_target("ring2d")
+    x = sg.sample(target, "ddim", 500, seed=0, device="cuda", progress=False, steps=20).samples
+    assert sg.sliced_w2(x, target.sample(500)) < 1.0
+    assert 0.0 <= sg.mode_tv(x, target) < 0.2

@@ -61,7 +61,7 @@ N_PURITY = 4000  # binomial SE of a purity near 0.84: 0.0058
 
 @functools.lru_cache(maxsize=None)
 def purity(sampler: str, y: int, scale: float) -> float:
-    options = dict(steps=None) if sampler == "ddim" else {}
+    options = dict(steps=1000) if sampler == "ddim" else {}
     x = sg.sample(
         sg.ClassifierGuidance(OVERLAP, OVERLAP.classifier, scale), sampler, N_PURITY,
         seed=1000 + 10 * y + int(10 * scale), y=y, progress=False, **options,

@@ -24,7 +24,7 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .langevin import langevin
 
-__all__ = ["SAMPLERS", "SampleResult", "sample", "ddpm", "ddim", "langevin"]
+__all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin"]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim}
 _SHARED = {"generator", "y", "callback", "progress"}
@@ -60,6 +60,12 @@ class _Counted(ModelTransform):
     def x0(self, x, sigma, m=1.0, y=None):
         self.nfe += 1
         return self.model.x0(x, sigma, m, y)
+
+
+def sampler_options(sampler: Union[str, Callable]) -> set[str]:
+    """The sampler's own keyword options (``steps``, ``eta``, ...), without the shared arguments."""
+    params = inspect.signature(_resolve(sampler)[1]).parameters
+    return {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY} - _SHARED
 
 
 def _resolve(sampler: Union[str, Callable]) -> tuple[str, Callable]:
@@ -98,10 +104,9 @@ def sample(
     name, fn = _resolve(sampler)
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(options) - set(params) - _SHARED)
+        unknown = sorted(set(options) - sampler_options(fn))
         if unknown:
-            valid = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in _SHARED)
-            raise ValueError(f"sampler {name!r} has no option(s) {unknown}; its options are {valid}")
+            raise ValueError(f"sampler {name!r} has no option(s) {unknown}; its options are {sorted(sampler_options(fn))}")
     if not model.shape:
         raise ValueError("the model does not declare its sample shape; give it a `shape` (e.g. NetworkScoreModel(..., shape=(2,)))")
     if int(n) < 1:
@@ -125,7 +130,8 @@ def sample(
         wall = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise FloatingPointError(
-            f"sampler {name!r} produced NaN or inf after {counted.nfe} model evaluations; "
-            "the step size is likely too large for this model (try more steps or a smaller step_lr)"
+            f"sampler {name!r} produced NaN or inf after {counted.nfe} model evaluations: check that the model "
+            "returns finite values at the levels this sampler visits, and that the step size suits it "
+            "(more steps, or a smaller step_lr for langevin)"
         )
     return SampleResult(x, counted.nfe, wall, name, seed, dict(options))

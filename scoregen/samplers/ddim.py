@@ -17,7 +17,7 @@ def ddim(
     model: ScoreModel,
     z: Tensor,
     *,
-    steps: Optional[int] = 50,
+    steps: Optional[int] = None,
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     y: Optional[Tensor] = None,
@@ -26,11 +26,14 @@ def ddim(
 ) -> Tensor:
     """``x_s = m_s x0_hat + sqrt(sigma_s^2 - c^2) eps + c z``, ``c = eta * sqrt(beta_tilde_ts)`` (eq. 12, in (m, sigma) form).
 
-    Runs on ``steps`` evenly spaced trained levels (all when None). eta = 1 is exactly DDPM ancestral
+    Runs on ``steps`` evenly spaced trained levels (default 50, or all if the model has fewer). eta = 1 is exactly DDPM ancestral
     sampling with variance beta_tilde; eta = 0 is the deterministic probability-flow discretisation.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-equivalent), got {eta}")
+    if steps is None:
+        trained = model.schedule.times
+        steps = 50 if trained is None else min(50, len(trained))
     m, sigma = levels_to_clean(model, steps)
     c = [eta * math.sqrt(transition(m[i], sigma[i], m[i + 1], sigma[i + 1])[2]) for i in range(len(m) - 1)]
     x, noise = prior(z, m[0], sigma[0]), torch.empty_like(z)

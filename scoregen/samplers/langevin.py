@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..models import ScoreModel
+from ..schedules import check_count
 from ._common import prior, progress_bar
 
 
@@ -36,6 +37,22 @@ def ncsnv2_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
     return max(10, 1 + math.ceil(math.log(sigma_max / sigma_min) / math.log(hi)))
 
 
+def _sigma_grid(model: ScoreModel, dim: int, levels: Optional[int], sigma_max: Optional[float],
+                sigma_min: Optional[float]) -> list[float]:
+    """The VE noise levels, largest first: the model's own NCSN levels, or a geometric grid."""
+    schedule = model.schedule
+    if levels is None and sigma_max is None and sigma_min is None and not schedule.variance_preserving \
+            and schedule.times is not None:
+        return [float(s) for s in schedule.levels()[1]]
+    default_max, default_min = model.sigma_range
+    sigma_max = default_max if sigma_max is None else float(sigma_max)
+    sigma_min = default_min if sigma_min is None else float(sigma_min)
+    if not (math.isfinite(sigma_max) and sigma_max > sigma_min > 0):
+        raise ValueError(f"need finite sigma_max > sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
+    levels = ncsnv2_levels(sigma_max, sigma_min, dim) if levels is None else check_count("levels", levels)
+    return [float(s) for s in np.geomspace(sigma_max, sigma_min, levels)] if levels > 1 else [sigma_min]
+
+
 def langevin(
     model: ScoreModel,
     z: Tensor,
@@ -55,27 +72,22 @@ def langevin(
     T = ``steps_per_level`` steps ``x <- x + a_i * score(x, sigma_i) + sqrt(2 a_i) z``.
 
     This is the reference code's convention (the paper writes a_i/2 and sqrt(a_i)), so published
-    step_lr values carry over: NCSN sigma 1 -> 0.01, L=10, T=100, step_lr=2e-5. Defaults: the model's
-    ``sigma_range``, L from :func:`ncsnv2_levels` (10 in low dimension), T = 100 and
-    ``step_lr = 0.2 * sigma_min^2``, which keeps NCSN's ratio a_i / sigma_i^2 = 0.2 (2e-5 at sigma_min = 0.01). ``final_denoise`` adds NCSNv2's last step ``x <- x + sigma_L^2 score(x, sigma_L)``.
+    step_lr values carry over: NCSN sigma 1 -> 0.01, L=10, T=100, step_lr=2e-5.
+
+    Defaults: on a model trained on NCSN levels (a discrete VE schedule), exactly those sigmas; otherwise
+    a geometric grid over the model's ``sigma_range`` with L from :func:`ncsnv2_levels` (10 in low
+    dimension); T = 100 and ``step_lr = 0.2 * sigma_L^2``, which keeps NCSN's ratio a_L / sigma_L^2 = 0.2
+    (2e-5 at sigma_L = 0.01). ``final_denoise`` adds NCSNv2's last step ``x <- x + sigma_L^2 score(x, sigma_L)``.
     Works on any score model: a VP-trained network answers these VE levels by log-SNR matching.
     NFE = levels * steps_per_level (+1 with final_denoise).
     """
-    default_max, default_min = model.sigma_range
-    sigma_max = default_max if sigma_max is None else float(sigma_max)
-    sigma_min = default_min if sigma_min is None else float(sigma_min)
-    if not sigma_max > sigma_min > 0:
-        raise ValueError(f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
-    if levels is None:
-        levels = ncsnv2_levels(sigma_max, sigma_min, math.prod(z.shape[1:]))
-    if levels < 1 or steps_per_level < 1:
-        raise ValueError(f"levels and steps_per_level must be >= 1, got {levels} and {steps_per_level}")
-    step_lr = 0.2 * sigma_min**2 if step_lr is None else float(step_lr)
-    if not step_lr > 0:
-        raise ValueError(f"step_lr must be > 0, got {step_lr}")
-    sigmas = [float(s) for s in np.geomspace(sigma_max, sigma_min, levels)] if levels > 1 else [sigma_min]
+    sigmas = _sigma_grid(model, math.prod(z.shape[1:]), levels, sigma_max, sigma_min)
+    steps_per_level = check_count("steps_per_level", steps_per_level)
+    step_lr = 0.2 * sigmas[-1] ** 2 if step_lr is None else float(step_lr)
+    if not (math.isfinite(step_lr) and step_lr > 0):
+        raise ValueError(f"step_lr must be a finite number > 0, got {step_lr}")
     x, noise = prior(z, 1.0, sigmas[0]), torch.empty_like(z)
-    with progress_bar(levels * steps_per_level, progress, "langevin") as bar:
+    with progress_bar(len(sigmas) * steps_per_level, progress, "langevin") as bar:
         for i, sigma in enumerate(sigmas):
             a = step_lr * sigma**2 / sigmas[-1] ** 2  # Algorithm 1, step size alpha_i
             for _ in range(steps_per_level):

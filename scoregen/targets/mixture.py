@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models import Level, ScoreModel, _col
+from ..io import atomic_write
+from ..models import Level, ScoreModel, _col, check_level
 from ..schedules import DiscreteVP, Schedule
 
 __all__ = ["GaussianMixture"]
@@ -87,10 +88,8 @@ class GaussianMixture(ScoreModel):
             "stds": self.stds.tolist(),
             "labels": self.labels.tolist(),
         }
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             json.dump(spec, f)
-        os.replace(tmp, path)
 
     def conditional(self, y: int) -> "GaussianMixture":
         """The exact conditional p(x | y): the components of class y, weights renormalised."""
@@ -138,6 +137,7 @@ class GaussianMixture(ScoreModel):
 
     def _log_joint(self, x: Tensor, sigma: Level, m: Level, y: Optional[Tensor] = None):
         """log w_k + log N(x; m mu_k, v_k I) of shape (B, K), and v_k = m^2 s_k^2 + sigma^2."""
+        check_level(sigma, m, x)
         log_w, mu, s2, mu2, labels = self._params(x)
         m, sigma = _col(m, x), _col(sigma, x)
         v = m * m * s2 + sigma * sigma
@@ -145,6 +145,8 @@ class GaussianMixture(ScoreModel):
         log_joint = log_w - 0.5 * self.dim * torch.log(2 * math.pi * v) - 0.5 * dist2.clamp_min(0) / v
         if y is not None:
             y = torch.as_tensor(y, device=x.device).expand(x.shape[0])
+            if bool(((y < 0) | (y >= self.num_classes)).any()):
+                raise ValueError(f"{self.name}: class labels must be in 0..{self.num_classes - 1}, got {sorted(set(y.tolist()))}")
             log_joint = log_joint.masked_fill(labels[None, :] != y[:, None], -math.inf)
         return log_joint, v
 
