@@ -207,6 +207,8 @@ class NetworkScoreModel(ScoreModel):
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
+        if out is x:
+            out = out.clone()  # samplers update x in place; eps must not be the same tensor
         return to_eps(out, x_in, m_t, sigma_t, self.parameterization)
 
     def __repr__(self) -> str:

@@ -130,3 +130,15 @@ def test_dynamic_threshold_needs_a_positive_bound():
     x0 = torch.tensor([[0.5, -3.0, 4.0, 0.1]])
     out = hook(x0)
     assert out.abs().max() <= 1.0 + 1e-6
+
+
+def test_a_network_that_returns_its_input_is_not_aliased_by_in_place_updates():
+    # With eps(x) = x, each DDIM step (eta = 0) multiplies x by the scalar k = m_s (1 - sigma_t) / m_t + sigma_s,
+    # so the output is the initial noise times the product of the k's: computed here from the grid alone.
+    model = sg.NetworkScoreModel(lambda x, t: x, sg.DiscreteVP.linear(), "eps", shape=(2,))
+    x = sg.sample(model, "ddim", 8, seed=0, steps=20, dtype=torch.float64, progress=False).samples
+    m, sigma = model.schedule.levels(20)
+    m, sigma = list(m) + [1.0], list(sigma) + [0.0]
+    k = math.prod(m[i + 1] * (1 - sigma[i]) / m[i] + sigma[i + 1] for i in range(len(m) - 1))
+    z = torch.randn((8, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(x, z * math.sqrt(m[0] ** 2 + sigma[0] ** 2) * k, rtol=1e-10, atol=0)
