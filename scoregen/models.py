@@ -31,6 +31,8 @@ PARAMETERIZATIONS = ("eps", "score", "x0", "v")
 __all__ = [
     "ScoreModel",
     "NetworkScoreModel",
+    "NetworkClassifier",
+    "LevelMap",
     "ModelTransform",
     "X0Hook",
     "clip_x0",
@@ -134,19 +136,65 @@ class ScoreModel:
         return float(ve.max()), float(ve.min())
 
 
-def _label_dtype(x: Tensor) -> torch.dtype:
-    # float32 at least: in bfloat16 the label 999 would round to 1000.
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+class LevelMap:
+    """Maps a caller's level (sigma, m) onto a schedule's time label by matching log-SNR.
+
+    ``time="nearest"``: the nearest trained level; ``"fractional"``: the exact fractional label, for
+    networks that accept it; continuous schedules are always exact. Returns the network's input
+    ``x * m_model / m``, the label ``t`` as a float32 tensor (float64 for float64 inputs) of shape (B,)
+    in the schedule's own convention, and the model's own ``(m_t, sigma_t)``.
+    """
+
+    def __init__(self, schedule: Schedule, time: Literal["nearest", "fractional"] = "nearest"):
+        if time not in ("nearest", "fractional"):
+            raise ValueError(f"time must be 'nearest' or 'fractional', got {time!r}")
+        self.schedule, self.time = schedule, time
+        self._cache: dict[tuple[float, float], tuple[float, float, float, float]] = {}
+
+    def _model_time(self, log_snr):
+        if self.time == "nearest":
+            return self.schedule.nearest_time(log_snr)
+        return self.schedule.t_from_log_snr(log_snr)
+
+    def _scalar(self, sigma: float, m: float) -> tuple[float, float, float, float]:
+        """(t, m_t, sigma_t, input scale) for one caller level; cached, since samplers revisit few levels."""
+        key = (sigma, m)
+        hit = self._cache.get(key)
+        if hit is None:
+            check_level(sigma, m, None)
+            log_snr = 2.0 * (math.log(m) - math.log(sigma)) if sigma > 0 else math.inf
+            t = float(self._model_time(log_snr))
+            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+            hit = (t, m_t, sigma_t, m_t / m)
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def __call__(self, x: Tensor, sigma: Level, m: Level = 1.0) -> tuple[Tensor, Tensor, Level, Level]:
+        """``(x_in, t, m_t, sigma_t)`` for the network, at the caller's level."""
+        label_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # bfloat16 would round 999 to 1000
+        if isinstance(sigma, Tensor) or isinstance(m, Tensor):
+            check_level(sigma, m, x)
+            sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
+            mm = torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
+            with np.errstate(divide="ignore"):
+                t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
+            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+            as_t = lambda a: torch.as_tensor(a, dtype=x.dtype, device=x.device)  # noqa: E731
+            m_t, sigma_t = as_t(m_t), as_t(sigma_t)
+            return x * _col(m_t / as_t(mm), x), torch.as_tensor(t, dtype=label_dtype, device=x.device), m_t, sigma_t
+        t, m_t, sigma_t, scale = self._scalar(float(sigma), float(m))
+        x_in = x if scale == 1.0 else x * scale
+        return x_in, torch.full((x.shape[0],), t, dtype=label_dtype, device=x.device), m_t, sigma_t
 
 
 class NetworkScoreModel(ScoreModel):
     """Any network ``net(x, t[, y])`` trained on ``schedule`` with output ``parameterization``, as a score model.
 
-    A query at caller level (m, sigma) is answered by matching log-SNR: the level maps to the model's
-    time label ``t`` (``time="nearest"``: the nearest trained level; ``"fractional"``: the exact
-    fractional label, for networks that accept it; continuous schedules are always exact), the input
-    is rescaled by ``m_model / m`` and the output converted to eps. ``t`` reaches the network as a
-    float32 tensor (float64 for float64 inputs) of shape (B,) in the schedule's own label convention.
+    A query at caller level (m, sigma) is answered by matching log-SNR (:class:`LevelMap`): the level
+    maps to the model's time label ``t`` (``time="nearest"`` or ``"fractional"``), the input is rescaled
+    by ``m_model / m`` and the output converted to eps.
 
     This is also how to bring any ``eps(x, t)`` callable: ``NetworkScoreModel(fn, DiscreteVP.linear())``.
     """
@@ -162,48 +210,17 @@ class NetworkScoreModel(ScoreModel):
     ):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
-        if time not in ("nearest", "fractional"):
-            raise ValueError(f"time must be 'nearest' or 'fractional', got {time!r}")
-        self.net, self.schedule, self.parameterization, self.time = net, schedule, parameterization, time
+        self.net, self.schedule, self.parameterization = net, schedule, parameterization
+        self.levels = LevelMap(schedule, time)
         self.shape = tuple(shape) if shape is not None else tuple(getattr(net, "shape", ()))
-        self._cache: dict[tuple[float, float], tuple[float, float, float, float]] = {}
 
-    def _model_time(self, log_snr):
-        if self.time == "nearest":
-            return self.schedule.nearest_time(log_snr)
-        return self.schedule.t_from_log_snr(log_snr)
-
-    def _scalar_level(self, sigma: float, m: float) -> tuple[float, float, float, float]:
-        """(t, m_t, sigma_t, input scale) for one caller level; cached, since samplers revisit few levels."""
-        key = (sigma, m)
-        hit = self._cache.get(key)
-        if hit is None:
-            check_level(sigma, m, None)
-            log_snr = 2.0 * (math.log(m) - math.log(sigma)) if sigma > 0 else math.inf
-            t = float(self._model_time(log_snr))
-            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
-            hit = (t, m_t, sigma_t, m_t / m)
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            self._cache[key] = hit
-        return hit
+    @property
+    def time(self) -> str:
+        return self.levels.time
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
-        if isinstance(sigma, Tensor) or isinstance(m, Tensor):
-            check_level(sigma, m, x)
-            sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
-            mm = torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
-            with np.errstate(divide="ignore"):
-                t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
-            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
-            as_t = lambda a: torch.as_tensor(a, dtype=x.dtype, device=x.device)  # noqa: E731
-            t_in, m_t, sigma_t = torch.as_tensor(t, dtype=_label_dtype(x), device=x.device), as_t(m_t), as_t(sigma_t)
-            x_in = x * _col(m_t / as_t(mm), x)
-        else:
-            t, m_t, sigma_t, scale = self._scalar_level(float(sigma), float(m))
-            t_in = torch.full((x.shape[0],), t, dtype=_label_dtype(x), device=x.device)
-            x_in = x if scale == 1.0 else x * scale
-        out = self.net(x_in, t_in) if y is None else self.net(x_in, t_in, y)
+        x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
+        out = self.net(x_in, t) if y is None else self.net(x_in, t, y)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
@@ -213,6 +230,19 @@ class NetworkScoreModel(ScoreModel):
 
     def __repr__(self) -> str:
         return f"NetworkScoreModel({type(self.net).__name__}, {self.schedule!r}, parameterization={self.parameterization!r}, time={self.time!r})"
+
+
+class NetworkClassifier:
+    """A noise-conditional classifier network ``net(x, t) -> logits`` trained on ``schedule``, queried at
+    the caller's level ``(x, sigma, m)`` like :class:`NetworkScoreModel`: the classifier signature that
+    :class:`~scoregen.ClassifierGuidance` takes."""
+
+    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, *, time: Literal["nearest", "fractional"] = "nearest"):
+        self.net, self.levels = net, LevelMap(schedule, time)
+
+    def __call__(self, x: Tensor, sigma: Level, m: Level = 1.0) -> Tensor:
+        x_in, t, _, _ = self.levels(x, sigma, m)
+        return self.net(x_in, t)
 
 
 class ModelTransform(ScoreModel):

@@ -26,6 +26,7 @@ __all__ = [
     "ContinuousVE",
     "m_sigma_from_log_snr",
     "transition",
+    "schedule_from_config",
 ]
 
 
@@ -88,6 +89,10 @@ class Schedule:
 
     def log_snr(self, t: Array) -> Array:
         raise NotImplementedError
+
+    def to_config(self) -> dict:
+        """A JSON-able description that :func:`schedule_from_config` turns back into an equal schedule."""
+        return {"type": type(self).__name__, **self._config}
 
     def t_from_log_snr(self, log_snr: Array) -> Array:
         raise NotImplementedError
@@ -178,6 +183,7 @@ class DiscreteVP(_Discrete):
                 f"every beta must lie in the open interval (0, 1); beta[{bad[0]}] = {beta[bad[0]]!r}. "
                 "DDPM's linear schedule is DiscreteVP.linear(1000, 1e-4, 0.02)"
             )
+        self._config = {"betas": beta.tolist(), "first_index": int(first_index)}
         self.beta = beta
         self.alpha = 1.0 - beta
         self.abar = np.cumprod(self.alpha)
@@ -188,13 +194,17 @@ class DiscreteVP(_Discrete):
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, first_index: int = 1) -> "DiscreteVP":
         """Ho et al. (2020): betas linear from 1e-4 to 0.02 over T = 1000 steps."""
-        return cls(np.linspace(beta_start, beta_end, int(T), dtype=np.float64), first_index)
+        out = cls(np.linspace(beta_start, beta_end, int(T), dtype=np.float64), first_index)
+        out._config = {"recipe": "linear", "T": int(T), "beta_start": beta_start, "beta_end": beta_end, "first_index": first_index}
+        return out
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999, first_index: int = 1) -> "DiscreteVP":
         """Nichol & Dhariwal (2021), eq. 17: abar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2)."""
         f = np.cos((np.arange(int(T) + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
-        return cls(np.minimum(1.0 - f[1:] / f[:-1], max_beta), first_index)
+        out = cls(np.minimum(1.0 - f[1:] / f[:-1], max_beta), first_index)
+        out._config = {"recipe": "cosine", "T": int(T), "s": s, "max_beta": max_beta, "first_index": first_index}
+        return out
 
     @property
     def vlb_weight(self) -> np.ndarray:
@@ -229,6 +239,7 @@ class DiscreteVE(_Discrete):
                 f"sigma[{i}] = {sig[i]!r} <= sigma[{i + 1}] = {sig[i + 1]!r}"
             )
         self.sigmas = sig
+        self._config = {"sigmas": sig.tolist(), "first_index": int(first_index)}
         super().__init__(-2.0 * np.log(sig), first_index)
 
     @classmethod
@@ -272,6 +283,7 @@ class ContinuousVP(_Continuous):
         if not (0 < beta_min < beta_max):
             raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min!r}, {beta_max!r}")
         self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
+        self._config = {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
 
     def log_snr(self, t: Array) -> Array:
         t_arr = self._check_t(t)
@@ -299,6 +311,7 @@ class ContinuousVE(_Continuous):
         if not (sigma_max > sigma_min > 0):
             raise ValueError(f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max!r}, sigma_min={sigma_min!r}")
         self.sigma_min, self.sigma_max, self.t_min = float(sigma_min), float(sigma_max), float(t_min)
+        self._config = {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "t_min": self.t_min}
 
     def log_snr(self, t: Array) -> Array:
         t_arr = self._check_t(t)
@@ -312,3 +325,20 @@ class ContinuousVE(_Continuous):
 
     def __repr__(self) -> str:
         return f"ContinuousVE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"
+
+
+def schedule_from_config(config: dict) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.to_config`; an unknown type or field is a clear error."""
+    kinds = {"DiscreteVP": DiscreteVP, "DiscreteVE": DiscreteVE, "ContinuousVP": ContinuousVP, "ContinuousVE": ContinuousVE}
+    cfg = dict(config)
+    kind = kinds.get(cfg.pop("type", None))
+    if kind is None:
+        raise ValueError(f"unknown schedule type {config.get('type')!r}; expected one of {sorted(kinds)}")
+    recipe = cfg.pop("recipe", None)
+    build = getattr(kind, recipe) if recipe in ("linear", "cosine") and kind is DiscreteVP else kind
+    if recipe is not None and build is kind:
+        raise ValueError(f"unknown {kind.__name__} recipe {recipe!r}; expected 'linear' or 'cosine'")
+    try:
+        return build(**cfg)
+    except TypeError as e:
+        raise ValueError(f"bad {kind.__name__} config {config}: {e}") from None
