@@ -1,0 +1,9 @@
+"""Networks: each records its parameterization and training schedule, so it becomes a score model in one call.
+
+Networks know nothing of samplers; samplers see them only through :class:`scoregen.ScoreModel`.
+"""
+
+from .embedding import sinusoidal_embedding
+from .mlp import MLPClassifier, MLPScoreNet
+
+__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier"]

@@ -1,0 +1,90 @@
+"""Small MLPs for low-dimensional data: a score network and a noise-conditional classifier."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from torch import Tensor, nn
+
+from ..models import PARAMETERIZATIONS, NetworkClassifier, NetworkScoreModel
+from ..schedules import Schedule
+from .embedding import sinusoidal_embedding
+
+
+def _time_scale(schedule: Schedule) -> float:
+    """Labels are embedded after scaling to ~[0, 1000], DDPM's range, whatever the schedule's convention."""
+    if schedule.times is None:
+        return 1000.0
+    return 1000.0 / max(1.0, float(abs(schedule.times).max()))
+
+
+class _TimeMLP(nn.Module):
+    """x, t -> out: residual SiLU blocks with the time embedding (and an optional label embedding) added."""
+
+    def __init__(self, dim_in: int, dim_out: int, schedule: Schedule, hidden: int, depth: int, emb_dim: int,
+                 num_labels: int = 0):
+        super().__init__()
+        self.time_scale, self.emb_dim = _time_scale(schedule), emb_dim
+        self.time = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.label = nn.Embedding(num_labels, hidden) if num_labels else None
+        self.inp = nn.Linear(dim_in, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim_out))
+
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        emb = self.time(sinusoidal_embedding(t * self.time_scale, self.emb_dim).to(x.dtype))
+        if self.label is not None and y is not None:
+            emb = emb + self.label(y.long())
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h + emb)
+        return self.out(h)
+
+
+class MLPScoreNet(nn.Module):
+    """``net(x, t[, y])`` for data of shape (B, dim), trained on ``schedule``, output in ``parameterization``.
+
+    With ``num_classes`` it is class-conditional; label ``num_classes`` is the null label (classifier-free
+    guidance trains with labels dropped to it). ``score_model()`` makes it a :class:`~scoregen.ScoreModel`.
+    """
+
+    def __init__(self, dim: int, schedule: Schedule, parameterization: Literal["eps", "score", "x0", "v"] = "eps",
+                 hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: Optional[int] = None):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+        self.schedule, self.parameterization, self.shape = schedule, parameterization, (int(dim),)
+        self.num_classes = num_classes
+        self.body = _TimeMLP(dim, dim, schedule, hidden, depth, emb_dim, 0 if num_classes is None else num_classes + 1)
+
+    @property
+    def null_label(self) -> Optional[int]:
+        return self.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return self.body(x, t, y)
+
+    def score_model(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkScoreModel:
+        """This network as a score model on its own schedule (fractional time: it embeds real-valued labels)."""
+        return NetworkScoreModel(self, self.schedule, self.parameterization, shape=self.shape, time=time)
+
+
+class MLPClassifier(nn.Module):
+    """A noise-conditional classifier ``net(x_t, t) -> logits`` of shape (B, num_classes), trained on ``schedule``."""
+
+    def __init__(self, dim: int, num_classes: int, schedule: Schedule, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.schedule, self.num_classes = schedule, int(num_classes)
+        self.body = _TimeMLP(dim, num_classes, schedule, hidden, depth, emb_dim)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.body(x, t)
+
+    def classifier(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkClassifier:
+        """The ``classifier(x, sigma, m) -> logits`` callable that :class:`~scoregen.ClassifierGuidance` takes."""
+        return NetworkClassifier(self, self.schedule, time=time)
+
+
+__all__ = ["MLPScoreNet", "MLPClassifier"]
