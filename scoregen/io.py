@@ -1,12 +1,16 @@
-"""File output: every file scoregen writes appears whole or not at all."""
+"""Files: atomic writes and checkpoints (safetensors weights + a JSON config, verified on load)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-from typing import IO, Iterator
+from typing import IO, Iterator, Optional
 
-__all__ = ["atomic_write"]
+import torch
+
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_trainer_state"]
 
 
 @contextlib.contextmanager
@@ -25,3 +29,122 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "scoregen-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _network_class(name: str):
+    from .networks import NETWORKS
+
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network class {name!r} in checkpoint; known: {sorted(NETWORKS)}")
+    return NETWORKS[name]
+
+
+def save_checkpoint(directory: str | os.PathLike, net, *, step: int = 0, ema=None, trainer_state: Optional[dict] = None,
+                    meta: Optional[dict] = None) -> None:
+    """Write ``net`` (and optionally its EMA copy and the trainer's state) to ``directory``.
+
+    Layout: ``config.json`` (network class and config, step, file names with their sha256, ``meta``),
+    ``weights-STEP.safetensors``, ``ema-STEP.safetensors``, ``trainer-STEP.pt`` (optimizer, RNG states).
+    Each file is written atomically and ``config.json`` last, so an interrupted save leaves the previous
+    checkpoint intact; files the new config no longer names are then removed.
+    """
+    from safetensors.torch import save_file
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    files = {}
+
+    def put(kind: str, name: str, write) -> None:
+        path = os.path.join(directory, name)
+        tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        files[kind] = {"name": name, "sha256": _sha256(path)}
+
+    tensors = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
+    put("weights", f"weights-{step}.safetensors", lambda p: save_file(tensors(net), p))
+    if ema is not None:
+        put("ema", f"ema-{step}.safetensors", lambda p: save_file(tensors(ema), p))
+    if trainer_state is not None:
+        put("trainer", f"trainer-{step}.pt", lambda p: torch.save(trainer_state, p))
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "network": {"class": type(net).__name__, "config": net.config()},
+        "step": int(step),
+        "files": files,
+        "meta": meta or {},
+    }
+    with atomic_write(os.path.join(directory, "config.json")) as f:
+        json.dump(config, f, indent=1)
+    keep = {v["name"] for v in files.values()} | {"config.json"}
+    for name in os.listdir(directory):
+        if name not in keep and (name.startswith(("weights-", "ema-", "trainer-")) and not name.startswith(".")):
+            os.remove(os.path.join(directory, name))
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> dict:
+    """The checkpoint's ``config.json``, checked for format and for the integrity of every file it names."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory!r} is not a scoregen checkpoint: it has no config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a scoregen checkpoint (format {config.get('format') if isinstance(config, dict) else None!r})")
+    if config.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {config.get('version')!r}; this scoregen reads version {CHECKPOINT_VERSION}")
+    for kind, entry in config.get("files", {}).items():
+        file = os.path.join(directory, entry["name"])
+        if not os.path.isfile(file):
+            raise ValueError(f"checkpoint {directory!r} names {entry['name']} ({kind}) but the file is missing")
+        if _sha256(file) != entry["sha256"]:
+            raise ValueError(f"checkpoint file {file} is truncated or was modified (its sha256 does not match "
+                             "config.json); restore it or train again")
+    return config
+
+
+def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu"):
+    """Rebuild the network a checkpoint describes and load its weights (the EMA weights when present and
+    ``ema=True``). Returns ``(net, config)``; the network is in eval mode. Nothing pickled is executed."""
+    from safetensors.torch import load_file
+
+    config = read_checkpoint_config(directory)
+    net_cfg = config["network"]
+    net = _network_class(net_cfg["class"]).from_config(net_cfg["config"])
+    kind = "ema" if ema and "ema" in config["files"] else "weights"
+    state = load_file(os.path.join(os.fspath(directory), config["files"][kind]["name"]))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {directory!r}: its weights do not fit the {net_cfg['class']} its config describes: {e}") from None
+    return net.to(device).eval(), config
+
+
+def load_trainer_state(directory: str | os.PathLike, config: dict) -> dict:
+    """The optimizer and RNG state of a checkpoint, loaded with ``torch.load(weights_only=True)``."""
+    entry = config["files"].get("trainer")
+    if entry is None:
+        raise ValueError(f"checkpoint {os.fspath(directory)!r} has no trainer state to resume from")
+    return torch.load(os.path.join(os.fspath(directory), entry["name"]), weights_only=True)

@@ -6,4 +6,7 @@ Networks know nothing of samplers; samplers see them only through :class:`scoreg
 from .embedding import sinusoidal_embedding
 from .mlp import MLPClassifier, MLPScoreNet
 
-__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier"]
+#: Network classes a checkpoint may name (``config.json``'s ``network.class``).
+NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier}
+
+__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "NETWORKS"]

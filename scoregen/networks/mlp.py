@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from torch import Tensor, nn
 
 from ..models import PARAMETERIZATIONS, NetworkClassifier, NetworkScoreModel
-from ..schedules import Schedule
+from ..schedules import Schedule, schedule_from_config
 from .embedding import sinusoidal_embedding
 
 
@@ -55,11 +55,21 @@ class MLPScoreNet(nn.Module):
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         self.schedule, self.parameterization, self.shape = schedule, parameterization, (int(dim),)
         self.num_classes = num_classes
+        self._args = dict(dim=int(dim), parameterization=parameterization, hidden=hidden, depth=depth, emb_dim=emb_dim,
+                          num_classes=num_classes)
         self.body = _TimeMLP(dim, dim, schedule, hidden, depth, emb_dim, 0 if num_classes is None else num_classes + 1)
 
     @property
     def null_label(self) -> Optional[int]:
         return self.num_classes
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments (the schedule as its config): ``from_config`` rebuilds the network."""
+        return {**self._args, "schedule": self.schedule.to_config()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MLPScoreNet":
+        return cls(schedule=schedule_from_config(config["schedule"]), **{k: v for k, v in config.items() if k != "schedule"})
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         return self.body(x, t, y)
@@ -77,10 +87,17 @@ class MLPClassifier(nn.Module):
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
         self.schedule, self.num_classes = schedule, int(num_classes)
+        self._args = dict(dim=int(dim), num_classes=int(num_classes), hidden=hidden, depth=depth, emb_dim=emb_dim)
         self.body = _TimeMLP(dim, num_classes, schedule, hidden, depth, emb_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.body(x, t)
+
+    config = MLPScoreNet.config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MLPClassifier":
+        return cls(schedule=schedule_from_config(config["schedule"]), **{k: v for k, v in config.items() if k != "schedule"})
 
     def classifier(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkClassifier:
         """The ``classifier(x, sigma, m) -> logits`` callable that :class:`~scoregen.ClassifierGuidance` takes."""
