@@ -1,6 +1,6 @@
 """scoregen: one score-model interface, pluggable diffusion and score-based samplers, guidance, exact targets."""
 
-from .guidance import ClassifierGuidance
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .metrics import mode_tv, sliced_w2, sliced_w2_noise_floor
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
 from .samplers import SAMPLERS, SampleResult, sample
@@ -16,6 +16,7 @@ __all__ = [
     "clip_x0",
     "dynamic_threshold",
     "ClassifierGuidance",
+    "ClassifierFreeGuidance",
     "DiscreteVP",
     "DiscreteVE",
     "ContinuousVP",

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .models import Level, ModelTransform, ScoreModel, _col
 
-__all__ = ["ClassifierGuidance"]
+__all__ = ["ClassifierGuidance", "ClassifierFreeGuidance"]
 
 #: ``classifier(x, sigma, m) -> logits`` of shape (B, num_classes) for p(y | x_t) at the caller's level.
 Classifier = Callable[[Tensor, Level, Level], Tensor]
@@ -55,3 +55,36 @@ class ClassifierGuidance(ModelTransform):
         if y is None:
             raise ValueError("classifier guidance needs a class label: pass y=... to sample()")
         return self.model.score(x, sigma, m) + self.scale * self.grad_log_prob(x, sigma, m, y)
+
+
+class ClassifierFreeGuidance(ModelTransform):
+    """Classifier-free guidance (Ho & Salimans 2022): ``eps~ = (1 + w) eps(x, y) - w eps(x, null)``.
+
+    ``model`` is class-conditional; ``null_label`` is the label it was trained to treat as "no class"
+    (None: call the model without a label, as exact targets take it). w = 0 is the conditional model;
+    for exact models it equals classifier guidance with gamma = 1 + w. NFE counts one query per step,
+    each of which evaluates the network twice (conditional and unconditional, in one batch).
+    """
+
+    def __init__(self, model: ScoreModel, null_label: Optional[int], scale: float = 0.0):
+        super().__init__(model)
+        if not scale >= 0:
+            raise ValueError(f"guidance scale w must be >= 0, got {scale}")
+        self.null_label, self.scale = null_label, float(scale)
+
+    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        if y is None:
+            raise ValueError("classifier-free guidance needs a class label: pass y=... to sample()")
+        y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(x.shape[0])
+        if self.scale == 0.0:
+            return self.model.eps(x, sigma, m, y)
+        if self.null_label is None:
+            cond, uncond = self.model.eps(x, sigma, m, y), self.model.eps(x, sigma, m)
+        else:  # one batched network call for both halves
+            both = self.model.eps(torch.cat([x, x]), _twice(sigma), _twice(m), torch.cat([y, torch.full_like(y, self.null_label)]))
+            cond, uncond = both.chunk(2)
+        return cond + self.scale * (cond - uncond)
+
+
+def _twice(level: Level) -> Level:
+    return torch.cat([level, level]) if isinstance(level, Tensor) and level.ndim > 0 else level
