@@ -12,7 +12,7 @@ from .guidance import ClassifierGuidance
 from .io import atomic_write
 from .metrics import mode_tv, sliced_w2, sliced_w2_noise_floor
 from .samplers import SAMPLERS, sample
-from .samplers.langevin import ncsnv2_levels
+from .schedules import ncsnv2_levels
 from .targets import GaussianMixture
 
 __all__ = ["BenchRow", "budget_options", "run_bench", "format_table", "plot_bench"]

@@ -27,6 +27,7 @@ __all__ = [
     "m_sigma_from_log_snr",
     "transition",
     "schedule_from_config",
+    "ncsnv2_levels",
 ]
 
 
@@ -69,6 +70,29 @@ def check_count(name: str, value) -> int:
     if isinstance(value, bool) or not float(value).is_integer() or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _normal_cdf(v: float) -> float:
+    return 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
+
+
+def ncsnv2_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
+    """Number of geometric levels by Song & Ermon (2020), technique 2, with NCSN's L = 10 as the floor.
+
+    The ratio gamma = sigma_{i-1} / sigma_i solves ``Phi(sqrt(2D)(gamma - 1) + 3 gamma) -
+    Phi(sqrt(2D)(gamma - 1) - 3 gamma) = 0.5`` so that consecutive noise shells overlap in dimension D
+    (CIFAR-10's D = 3072, sigma 50 -> 0.01 gives L = 220; NCSNv2 used 232); low dimensions have no
+    such gamma and keep L = 10.
+    """
+    root2d = math.sqrt(2.0 * dim)
+    overlap = lambda g: _normal_cdf(root2d * (g - 1) + 3 * g) - _normal_cdf(root2d * (g - 1) - 3 * g)  # noqa: E731
+    lo, hi = 1.0, 1e3
+    if overlap(hi) > 0.5:
+        return 10
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if overlap(mid) > 0.5 else (lo, mid)
+    return max(10, 1 + math.ceil(math.log(sigma_max / sigma_min) / math.log(hi)))
 
 
 def _check_1d_finite(name: str, values: np.ndarray) -> np.ndarray:

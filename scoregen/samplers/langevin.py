@@ -10,31 +10,8 @@ import torch
 from torch import Tensor
 
 from ..models import ScoreModel
-from ..schedules import check_count
+from ..schedules import check_count, ncsnv2_levels
 from ._common import prior, progress_bar
-
-
-def _normal_cdf(v: float) -> float:
-    return 0.5 * (1.0 + math.erf(v / math.sqrt(2.0)))
-
-
-def ncsnv2_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
-    """Number of geometric levels by Song & Ermon (2020), technique 2, with NCSN's L = 10 as the floor.
-
-    The ratio gamma = sigma_{i-1} / sigma_i solves ``Phi(sqrt(2D)(gamma - 1) + 3 gamma) -
-    Phi(sqrt(2D)(gamma - 1) - 3 gamma) = 0.5`` so that consecutive noise shells overlap in dimension D
-    (CIFAR-10's D = 3072, sigma 50 -> 0.01 gives L = 220; NCSNv2 used 232); low dimensions have no
-    such gamma and keep L = 10.
-    """
-    root2d = math.sqrt(2.0 * dim)
-    overlap = lambda g: _normal_cdf(root2d * (g - 1) + 3 * g) - _normal_cdf(root2d * (g - 1) - 3 * g)  # noqa: E731
-    lo, hi = 1.0, 1e3
-    if overlap(hi) > 0.5:
-        return 10
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if overlap(mid) > 0.5 else (lo, mid)
-    return max(10, 1 + math.ceil(math.log(sigma_max / sigma_min) / math.log(hi)))
 
 
 def _sigma_grid(model: ScoreModel, dim: int, levels: Optional[int], sigma_max: Optional[float],
