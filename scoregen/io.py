@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from typing import IO, Iterator, Optional
 
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_trainer_state"]
+__all__ = ["atomic_write", "save_image_grid", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_trainer_state"]
 
 
 @contextlib.contextmanager
@@ -29,6 +30,29 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, value_range: Optional[tuple] = (-1.0, 1.0),
+                    nrow: Optional[int] = None, padding: int = 1) -> None:
+    """Save images (n, C, H, W), C = 1 or 3, with values in ``value_range`` as one PNG grid (Pillow)."""
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"an image grid needs images of shape (n, 1 or 3, H, W), got {tuple(images.shape)}")
+    lo, hi = value_range if value_range is not None else (float(images.min()), float(images.max()))
+    x = ((images.detach().float().cpu() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top:top + h, left:left + w] = x[i]
+    pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, mode="L" if c == 1 else "RGB")
+    with atomic_write(path, "wb") as f:
+        image.save(f, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -101,7 +101,9 @@ def test_resume_refuses_a_different_network_or_config(tmp_path):
     with pytest.raises(ValueError, match="different network"):
         train(MLPScoreNet(2, sg.DiscreteVP.linear(), "eps", hidden=16), x, None, config, tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="trained with"):
-        train(_net(), x, None, TrainConfig("ddpm", steps=8, batch_size=8, checkpoint_every=2), tmp_path, resume=True, progress=False)
+        train(_net(), x, None, TrainConfig("ddpm", steps=8, batch_size=8, checkpoint_every=2, lr=1e-3), tmp_path, resume=True, progress=False)
+    train(_net(), x, None, TrainConfig("ddpm", steps=8, batch_size=8, checkpoint_every=4), tmp_path, resume=True, progress=False)
+    assert read_checkpoint_config(tmp_path)["step"] == 8  # training longer is allowed
 
 
 def test_training_lowers_the_loss_and_ema_model_samples_the_target(tmp_path):

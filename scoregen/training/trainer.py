@@ -73,6 +73,9 @@ def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[
     return fn
 
 
+_EXTENDABLE = ("steps", "checkpoint_every")
+
+
 def _as_json(value):
     """As it reads back from config.json (tuples become lists), for comparing with a checkpoint."""
     return json.loads(json.dumps(value))
@@ -109,7 +112,8 @@ def train(
     Every ``checkpoint_every`` steps and at the end, ``out_dir`` receives the weights, their EMA, and the
     optimizer / scheduler / RNG state. ``resume=True`` continues from the checkpoint there, after checking
     that its network and training config match; on CPU the result is bit-for-bit that of an uninterrupted
-    run with the same seed. ``callback(step, loss)`` runs after every step. Returns a summary dict.
+    run with the same seed; ``steps`` and ``checkpoint_every`` may change on resume (to train longer),
+    nothing else. ``callback(step, loss)`` runs after every step. Returns a summary dict.
     """
     loss_fn = _loss_fn(config, net)
     g = torch.Generator().manual_seed(config.seed)
@@ -123,8 +127,11 @@ def train(
         if ckpt["network"] != _as_json({"class": type(net).__name__, "config": net.config()}):
             raise ValueError(f"cannot resume: the checkpoint in {os.fspath(out_dir)!r} holds a different network "
                              f"({ckpt['network']['class']} {ckpt['network']['config']}) than the one given")
-        if ckpt["meta"].get("train") != _as_json(asdict(config)):
-            raise ValueError(f"cannot resume: the checkpoint was trained with {ckpt['meta'].get('train')}, not {asdict(config)}")
+        before, now = dict(ckpt["meta"].get("train") or {}), _as_json(asdict(config))
+        for key in _EXTENDABLE:  # more steps or other checkpoint spacing leave the trajectory unchanged
+            before.pop(key, None), now.pop(key, None)
+        if before != now:
+            raise ValueError(f"cannot resume: the checkpoint was trained with {before}, not {now}")
         from safetensors.torch import load_file
 
         net.load_state_dict(load_file(os.path.join(os.fspath(out_dir), ckpt["files"]["weights"]["name"])))
