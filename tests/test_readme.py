@@ -6,7 +6,8 @@ import re
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 3
     namespace: dict = {}
@@ -17,6 +18,6 @@ def test_readme_python_blocks_run():
 
     import torch
 
-    x = namespace["res"].samples
+    x = namespace["guided_res"].samples
     angle = torch.atan2(x[:, 1], x[:, 0])
     assert ((angle - 3 * math.pi / 4).abs() < math.pi / 8).float().mean() > 0.97
