@@ -5,8 +5,9 @@ Networks know nothing of samplers; samplers see them only through :class:`scoreg
 
 from .embedding import sinusoidal_embedding
 from .mlp import MLPClassifier, MLPScoreNet
+from .unet import UNet
 
 #: Network classes a checkpoint may name (``config.json``'s ``network.class``).
-NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier}
+NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier, "UNet": UNet}
 
-__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "NETWORKS"]
+__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "UNet", "NETWORKS"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+import torch
 from torch import Tensor, nn
 
 from ..models import PARAMETERIZATIONS, NetworkClassifier, NetworkScoreModel
@@ -33,7 +34,9 @@ class _TimeMLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         emb = self.time(sinusoidal_embedding(t * self.time_scale, self.emb_dim).to(x.dtype))
-        if self.label is not None and y is not None:
+        if self.label is not None:
+            if y is None:  # no label: the null label the network was trained with for classifier-free guidance
+                y = torch.full((x.shape[0],), self.label.num_embeddings - 1, device=x.device)
             emb = emb + self.label(y.long())
         h = self.inp(x)
         for block in self.blocks:
@@ -45,7 +48,7 @@ class MLPScoreNet(nn.Module):
     """``net(x, t[, y])`` for data of shape (B, dim), trained on ``schedule``, output in ``parameterization``.
 
     With ``num_classes`` it is class-conditional; label ``num_classes`` is the null label (classifier-free
-    guidance trains with labels dropped to it). ``score_model()`` makes it a :class:`~scoregen.ScoreModel`.
+    guidance trains with labels dropped to it), also used when no label is given. ``score_model()`` makes it a :class:`~scoregen.ScoreModel`.
     """
 
     def __init__(self, dim: int, schedule: Schedule, parameterization: Literal["eps", "score", "x0", "v"] = "eps",
