@@ -35,7 +35,7 @@ def _positive_int(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scoregen", description="Sample and benchmark score-based / diffusion samplers.")
+    p = argparse.ArgumentParser(prog="scoregen", description="Train, sample and benchmark score-based / diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="draw samples from a target with one sampler and write them to .npy",
@@ -43,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ddpm all 1000 steps, variance beta_tilde; ddim 50 steps, eta 0; langevin NCSN's recipe: "
                                    "sigma from the target's largest data distance down to 0.01, L=10 levels (more in high "
                                    "dimension, NCSNv2 technique 2), T=100, step_lr 2e-5.")
-    s.add_argument("--target", type=_target_arg, default="ring2d", help="ring2d, gmm64 or PATH.json (default ring2d)")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--target", type=_target_arg, help="ring2d, gmm64 or PATH.json (default ring2d)")
+    src.add_argument("--checkpoint", help="a trained model: a checkpoint folder written by `scoregen train`")
+    s.add_argument("--classifier", help="with --checkpoint and --label: a classifier checkpoint for classifier guidance "
+                                        "(without it, a class-conditional model uses classifier-free guidance)")
+    s.add_argument("--grid", help="also save the samples as an image grid PNG (image models)")
+    s.add_argument("--no-clip", action="store_true", help="image models: do not clip x0_hat to the data range")
     s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm")
     s.add_argument("--steps", type=_positive_int, help="ddpm/ddim: number of levels (evenly spaced trained steps)")
     s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default beta_tilde)")
@@ -56,11 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sigma-min", type=float, help="langevin: smallest noise level")
     s.add_argument("--final-denoise", action="store_true", default=None, help="langevin: NCSNv2's final denoising step")
     s.add_argument("--label", type=int, help="sample the class LABEL under exact classifier guidance")
-    s.add_argument("--guidance-scale", type=float, help="classifier guidance scale gamma (default 1: the exact conditional)")
+    s.add_argument("--guidance-scale", type=float, help="guidance scale: classifier gamma (default 1: the exact "
+                                                           "conditional) or classifier-free w (default 0: the conditional model)")
     s.add_argument("-n", type=_positive_int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--out", required=True, help="output file OUT.npy: float32 array of shape (n, d)")
+    s.add_argument("--out", required=True, help="output file OUT.npy: float32 array of shape (n, *sample shape)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    t = sub.add_parser("train", help="train a network (DDPM, NCSN or a noisy classifier) and checkpoint it")
+    t.add_argument("--data", required=True, help="ring2d, gmm64, digits, a mixture .json, an image folder or an (N, ...) .npy")
+    t.add_argument("--objective", required=True, choices=["ddpm", "ncsn", "classifier"])
+    t.add_argument("--conditional", action="store_true", help="class-conditional score network with label dropout "
+                                                               "(classifier-free guidance)")
+    t.add_argument("--steps", type=_positive_int, required=True)
+    t.add_argument("--out", required=True, help="checkpoint folder")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--checkpoint-every", type=_positive_int, default=1000)
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     b = sub.add_parser("bench", help="every sampler at several NFE budgets on an exact target: a comparison table")
     b.add_argument("--target", type=_target_arg, default="ring2d", help="ring2d, gmm64 or PATH.json (default ring2d)")
@@ -80,10 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from .guidance import ClassifierGuidance
-    from .io import atomic_write
+    from .io import atomic_write, save_image_grid
     from .samplers import sample
-    from .targets import load_target
 
     if not args.out.endswith(".npy"):
         parser.error(f"--out must name a .npy file, got {args.out!r}")
@@ -96,21 +115,87 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.guidance_scale is not None and args.label is None:
         parser.error("--guidance-scale needs --label Y (the class to guide towards)")
 
-    target = load_target(args.target)
-    model = target
-    if args.label is not None:
-        if not 0 <= args.label < target.num_classes:
-            parser.error(f"--label must be a class of {target.name}: 0..{target.num_classes - 1}, got {args.label}")
-        model = ClassifierGuidance(target, target.classifier, 1.0 if args.guidance_scale is None else args.guidance_scale)
+    if args.checkpoint is None and (args.classifier or args.grid or args.no_clip):
+        parser.error("--classifier, --grid and --no-clip apply to --checkpoint models")
+    model, x0_hook, value_range, name = _sampling_model(args, parser)
     options = {k: getattr(args, k) for k in given}
-    result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label,
+    result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook,
                     progress=False if args.no_progress else None, **options)
     arr = result.samples.to(torch.float32).cpu().numpy()
     with atomic_write(args.out, "wb") as f:
         np.save(f, arr)
+    if args.grid:
+        if arr.ndim != 4:
+            parser.error(f"--grid needs image samples (n, C, H, W), got shape {arr.shape}")
+        save_image_grid(result.samples, args.grid, value_range)
     opts = " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "defaults"
-    print(f"{args.sampler} ({opts}) on {target.name}: wrote {arr.shape[0]} x {arr.shape[1]} samples to {args.out}")
+    shape = " x ".join(map(str, arr.shape))
+    print(f"{args.sampler} ({opts}) on {name}: wrote {shape} samples to {args.out}" + (f" and {args.grid}" if args.grid else ""))
     print(f"NFE {result.nfe}  wall time {result.wall_time:.3f} s  seed {args.seed}")
+    return 0
+
+
+def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """(score model, x0 hook, data value range, name) for `scoregen sample`, guidance applied."""
+    from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+    from .io import load_checkpoint
+    from .models import clip_x0
+    from .targets import load_target
+
+    if args.checkpoint is None:
+        target = load_target(args.target or "ring2d")
+        model = target
+        if args.label is not None:
+            if not 0 <= args.label < target.num_classes:
+                parser.error(f"--label must be a class of {target.name}: 0..{target.num_classes - 1}, got {args.label}")
+            model = ClassifierGuidance(target, target.classifier, 1.0 if args.guidance_scale is None else args.guidance_scale)
+        return model, None, None, target.name
+    net, config = load_checkpoint(args.checkpoint)
+    if getattr(net, "parameterization", None) is None:
+        parser.error(f"{args.checkpoint} holds a classifier, not a score model; pass it as --classifier")
+    data = config["meta"].get("data", {})
+    value_range = tuple(data["value_range"]) if data.get("value_range") else None
+    model = net.score_model()
+    if args.label is not None:
+        classes = getattr(net, "num_classes", None)
+        if args.classifier:
+            clf, _ = load_checkpoint(args.classifier)
+            if getattr(clf, "parameterization", None) is not None:
+                parser.error(f"--classifier {args.classifier} holds a score model, not a classifier")
+            classes = clf.num_classes
+            model = ClassifierGuidance(model, clf.classifier(), 1.0 if args.guidance_scale is None else args.guidance_scale)
+        elif classes is not None:
+            model = ClassifierFreeGuidance(model, net.null_label, 0.0 if args.guidance_scale is None else args.guidance_scale)
+        else:
+            parser.error("--label with an unconditional model needs --classifier DIR (a noisy classifier checkpoint)")
+        if not 0 <= args.label < classes:
+            parser.error(f"--label must be in 0..{classes - 1}, got {args.label}")
+    elif args.classifier or args.guidance_scale is not None:
+        parser.error("--classifier / --guidance-scale need --label Y")
+    images = len(net.shape) == 3
+    hook = clip_x0(*value_range) if images and value_range and not args.no_clip else None
+    return model, hook, value_range, f"{config['network']['class']} from {args.checkpoint}"
+
+
+def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from .data import load_data
+    from .training import TrainConfig, train
+    from .training.recipes import default_network
+
+    data = load_data(args.data, seed=args.seed)
+    torch.manual_seed(args.seed)  # network initialisation
+    net = default_network(data.x, args.objective, data.num_classes, args.conditional)
+    config = TrainConfig(args.objective, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         label_dropout=0.1 if args.conditional else 0.0)
+    meta = {"data": {"spec": args.data, "name": data.name, "shape": list(data.shape),
+                     "value_range": list(data.value_range) if data.value_range else None, "num_classes": data.num_classes}}
+    summary = train(net, data.x, data.y if (args.conditional or args.objective == "classifier") else None, config,
+                    args.out, resume=args.resume, meta=meta, progress=False if args.no_progress else None)
+    print(f"trained {type(net).__name__} ({args.objective}) on {data.name} for {args.steps} steps: "
+          f"running loss {summary['running_loss']:.4f}; checkpoint in {args.out}")
     return 0
 
 
@@ -156,9 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "sample":
-            return _cmd_sample(args, parser)
-        return _cmd_bench(args, parser)
+        command = {"sample": _cmd_sample, "train": _cmd_train, "bench": _cmd_bench}[args.command]
+        return command(args, parser)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
         print(f"scoregen {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -164,7 +164,8 @@ def train(
             nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             opt.step()
             sched.step()
-            _ema_update(ema, net, config.ema_decay)
+            # EMA warm-up (as in diffusers' EMAModel): early weights fade out of short runs quickly
+            _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             bar.update()
             bar.set_postfix(loss=f"{running:.4f}")
