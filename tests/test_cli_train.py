@@ -65,3 +65,23 @@ def test_resume_trains_longer_but_refuses_other_settings(tmp_path, capsys):
     assert read_checkpoint_config(tmp_path / "r")["step"] == 8
     assert main([*common, "--steps", "12", "--batch-size", "16", "--resume"]) == 2
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_digits_pipeline_writes_samples_and_a_grid(tmp_path):
+    from PIL import Image
+
+    common = ["--data", "digits", "--steps", "3", "--batch-size", "16", "--no-progress"]
+    assert main(["train", "--objective", "ddpm", "--conditional", "--out", str(tmp_path / "u"), *common]) == 0
+    assert main(["train", "--objective", "classifier", "--out", str(tmp_path / "c"), *common]) == 0
+    config = read_checkpoint_config(tmp_path / "u")
+    assert config["network"]["class"] == "UNet" and config["meta"]["data"]["value_range"] == [-1.0, 1.0]
+    out, grid = tmp_path / "s.npy", tmp_path / "s.png"
+    # classifier-free guidance on the conditional U-Net, x0 clipped to the data range by default
+    assert main(["sample", "--checkpoint", str(tmp_path / "u"), "--label", "3", "--guidance-scale", "1",
+                 "--sampler", "ddim", "--steps", "5", "-n", "9", "--out", str(out), "--grid", str(grid), "--no-progress"]) == 0
+    x = np.load(out)
+    assert x.shape == (9, 1, 8, 8) and np.abs(x).max() <= 1.0 + 1e-5
+    assert Image.open(grid).size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 tiles of 8 px with 1 px padding
+    # an MLP classifier checkpoint on flattened digits guides the same model too
+    assert main(["sample", "--checkpoint", str(tmp_path / "u"), "--classifier", str(tmp_path / "c"), "--label", "3",
+                 "--sampler", "ddpm", "--steps", "5", "-n", "4", "--out", str(out), "--no-progress"]) == 0

@@ -94,7 +94,8 @@ class MLPClassifier(nn.Module):
         self.body = _TimeMLP(dim, num_classes, schedule, hidden, depth, emb_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.body(x, t)
+        """x: (B, dim) or any (B, ...) with dim entries per sample (images are flattened); returns (B, num_classes)."""
+        return self.body(x.reshape(x.shape[0], -1), t)
 
     config = MLPScoreNet.config
 

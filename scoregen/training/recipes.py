@@ -40,12 +40,11 @@ def default_network(x: Tensor, objective: str, num_classes: int | None = None, c
     if x.ndim == 4:
         from ..networks import NETWORKS
 
-        name = {"ddpm": "UNet", "ncsn": "NCSNv2", "classifier": "UNetClassifier"}[objective]
+        if objective == "classifier":  # small images: an MLP on the flattened pixels
+            return MLPClassifier(x[0].numel(), num_classes, schedule, hidden=256)
+        name = {"ddpm": "UNet", "ncsn": "NCSNv2"}[objective]
         if name not in NETWORKS:
             raise ValueError(f"no image network for objective {objective!r} yet ({name})")
-        size, channels = x.shape[-1], x.shape[1]
         kwargs = {"num_classes": classes} if objective == "ddpm" else {}
-        if objective == "classifier":
-            kwargs = {"num_classes": num_classes}
-        return NETWORKS[name].tiny(image_size=size, in_channels=channels, schedule=schedule, **kwargs)
+        return NETWORKS[name].tiny(image_size=x.shape[-1], in_channels=x.shape[1], schedule=schedule, **kwargs)
     raise ValueError(f"data of shape {tuple(x.shape)}: expected vectors (N, d) or images (N, C, H, W)")
