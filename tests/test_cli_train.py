@@ -85,3 +85,14 @@ def test_digits_pipeline_writes_samples_and_a_grid(tmp_path):
     # an MLP classifier checkpoint on flattened digits guides the same model too
     assert main(["sample", "--checkpoint", str(tmp_path / "u"), "--classifier", str(tmp_path / "c"), "--label", "3",
                  "--sampler", "ddpm", "--steps", "5", "-n", "4", "--out", str(out), "--no-progress"]) == 0
+
+
+def test_ncsn_on_digits_trains_an_ncsnv2_that_every_sampler_runs(tmp_path):
+    assert main(["train", "--data", "digits", "--objective", "ncsn", "--steps", "2", "--batch-size", "8",
+                 "--out", str(tmp_path / "n"), "--no-progress"]) == 0
+    config = read_checkpoint_config(tmp_path / "n")
+    assert config["network"]["class"] == "NCSNv2" and config["network"]["config"]["centered"] is True
+    for sampler, extra in (("langevin", ["--steps-per-level", "1"]), ("ddpm", ["--steps", "4"]), ("ddim", ["--steps", "4"])):
+        assert main(["sample", "--checkpoint", str(tmp_path / "n"), "--sampler", sampler, *extra, "-n", "2",
+                     "--out", str(tmp_path / f"{sampler}.npy"), "--no-progress"]) == 0
+        assert np.load(tmp_path / f"{sampler}.npy").shape == (2, 1, 8, 8)

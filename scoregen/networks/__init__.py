@@ -5,9 +5,10 @@ Networks know nothing of samplers; samplers see them only through :class:`scoreg
 
 from .embedding import sinusoidal_embedding
 from .mlp import MLPClassifier, MLPScoreNet
+from .ncsnv2 import NCSNv2
 from .unet import UNet
 
 #: Network classes a checkpoint may name (``config.json``'s ``network.class``).
-NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier, "UNet": UNet}
+NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier, "UNet": UNet, "NCSNv2": NCSNv2}
 
-__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "UNet", "NETWORKS"]
+__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "UNet", "NCSNv2", "NETWORKS"]

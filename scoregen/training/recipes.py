@@ -23,7 +23,7 @@ def ncsn_schedule(x: Tensor, sigma_min: float = 0.01, max_points: int = 2000) ->
 
 def default_network(x: Tensor, objective: str, num_classes: int | None = None, conditional: bool = False) -> nn.Module:
     """The network ``scoregen train`` uses: MLPs for vectors (N, d); for images (N, C, H, W) the tiny DDPM
-    U-Net or NCSNv2. ``conditional`` makes a score network class-conditional (classifier-free guidance)."""
+    U-Net or NCSNv2, and an MLP classifier on the flattened pixels. ``conditional`` makes a score network class-conditional (classifier-free guidance)."""
     from ..networks import MLPClassifier, MLPScoreNet
 
     if objective not in ("ddpm", "ncsn", "classifier"):
@@ -45,6 +45,7 @@ def default_network(x: Tensor, objective: str, num_classes: int | None = None, c
         name = {"ddpm": "UNet", "ncsn": "NCSNv2"}[objective]
         if name not in NETWORKS:
             raise ValueError(f"no image network for objective {objective!r} yet ({name})")
-        kwargs = {"num_classes": classes} if objective == "ddpm" else {}
+        # scoregen's image data lies in [-1, 1]: NCSNv2 takes it as is (centered) rather than from [0, 1]
+        kwargs = {"num_classes": classes} if objective == "ddpm" else {"centered": True}
         return NETWORKS[name].tiny(image_size=x.shape[-1], in_channels=x.shape[1], schedule=schedule, **kwargs)
     raise ValueError(f"data of shape {tuple(x.shape)}: expected vectors (N, d) or images (N, C, H, W)")
