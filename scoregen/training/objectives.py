@@ -34,6 +34,14 @@ def sample_times(schedule: Schedule, n: int, generator: Optional[torch.Generator
     return labels[idx]
 
 
+def _noised(schedule: Schedule, x0: Tensor, labels: np.ndarray, generator: Optional[torch.Generator]):
+    """x_t = m_t x0 + sigma_t eps at per-sample labels: (x_t, eps, m, sigma as (B, 1, ...), labels as float32 (B,))."""
+    m, sigma = m_sigma_from_log_snr(schedule.log_snr(labels), schedule.variance_preserving)
+    col = lambda a: torch.as_tensor(a, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * (x0.ndim - 1)))  # noqa: E731
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    return col(m) * x0 + col(sigma) * eps, eps, col(m), col(sigma), torch.as_tensor(labels, dtype=torch.float32, device=x0.device)
+
+
 def denoising_loss(
     net: Callable[..., Tensor],
     schedule: Schedule,
@@ -63,18 +71,14 @@ def denoising_loss(
         raise ValueError("weighting='vlb' is DDPM's bound: it needs a DiscreteVP schedule and an eps network")
     B = x0.shape[0]
     labels = np.full(B, float(t)) if t is not None else sample_times(schedule, B, generator, skip_first=weighting == "vlb")
-    m, sigma = m_sigma_from_log_snr(schedule.log_snr(labels), schedule.variance_preserving)
-    col = lambda a: torch.as_tensor(a, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * (x0.ndim - 1)))  # noqa: E731
-    m_, sigma_ = col(m), col(sigma)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    x_t = m_ * x0 + sigma_ * eps
-    t_in = torch.as_tensor(labels, dtype=torch.float32, device=x0.device)
+    x_t, eps, m_, sigma_, t_in = _noised(schedule, x0, labels, generator)
     out = net(x_t, t_in) if y is None else net(x_t, t_in, y)
     if out.shape != x0.shape:
         raise ValueError(f"the network returned shape {tuple(out.shape)}, expected {tuple(x0.shape)}")
     dims = tuple(range(1, x0.ndim))
     if weighting == "vlb":
-        w = col(schedule.vlb_weight[(labels - schedule.first_index).astype(np.int64)])
+        w = torch.as_tensor(schedule.vlb_weight[(labels - schedule.first_index).astype(np.int64)], dtype=x0.dtype,
+                            device=x0.device).reshape(sigma_.shape)
         return (w * (eps - out) ** 2).sum(dims).mean()
     if param == "score":
         return ((sigma_ * out + eps) ** 2).mean(dims).mean()
@@ -99,11 +103,8 @@ def ncsn_loss(net, x0: Tensor, **kwargs) -> Tensor:
 def classifier_loss(net: Callable[[Tensor, Tensor], Tensor], schedule: Schedule, x0: Tensor, y: Tensor,
                     generator: Optional[torch.Generator] = None) -> Tensor:
     """Cross-entropy of ``net(x_t, t) -> logits`` on inputs noised to random trained levels."""
-    labels = sample_times(schedule, x0.shape[0], generator)
-    m, sigma = m_sigma_from_log_snr(schedule.log_snr(labels), schedule.variance_preserving)
-    col = lambda a: torch.as_tensor(a, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * (x0.ndim - 1)))  # noqa: E731
-    x_t = col(m) * x0 + col(sigma) * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    return F.cross_entropy(net(x_t, torch.as_tensor(labels, dtype=torch.float32, device=x0.device)), y.long())
+    x_t, _, _, _, t_in = _noised(schedule, x0, sample_times(schedule, x0.shape[0], generator), generator)
+    return F.cross_entropy(net(x_t, t_in), y.long())
 
 
 def drop_labels(y: Tensor, p: float, null_label: int, generator: Optional[torch.Generator] = None) -> Tensor:
