@@ -7,8 +7,9 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from ..models import PARAMETERIZATIONS, NetworkClassifier, NetworkScoreModel
-from ..schedules import Schedule, schedule_from_config
+from ..models import PARAMETERIZATIONS, NetworkClassifier
+from ..schedules import Schedule
+from .base import ConfigurableNetwork, ScoreNetwork
 from .embedding import sinusoidal_embedding
 
 
@@ -44,7 +45,7 @@ class _TimeMLP(nn.Module):
         return self.out(h)
 
 
-class MLPScoreNet(nn.Module):
+class MLPScoreNet(ScoreNetwork):
     """``net(x, t[, y])`` for data of shape (B, dim), trained on ``schedule``, output in ``parameterization``.
 
     With ``num_classes`` it is class-conditional; label ``num_classes`` is the null label (classifier-free
@@ -66,23 +67,11 @@ class MLPScoreNet(nn.Module):
     def null_label(self) -> Optional[int]:
         return self.num_classes
 
-    def config(self) -> dict:
-        """JSON-able constructor arguments (the schedule as its config): ``from_config`` rebuilds the network."""
-        return {**self._args, "schedule": self.schedule.to_config()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MLPScoreNet":
-        return cls(schedule=schedule_from_config(config["schedule"]), **{k: v for k, v in config.items() if k != "schedule"})
-
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         return self.body(x, t, y)
 
-    def score_model(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkScoreModel:
-        """This network as a score model on its own schedule (fractional time: it embeds real-valued labels)."""
-        return NetworkScoreModel(self, self.schedule, self.parameterization, shape=self.shape, time=time)
 
-
-class MLPClassifier(nn.Module):
+class MLPClassifier(ConfigurableNetwork):
     """A noise-conditional classifier ``net(x_t, t) -> logits`` of shape (B, num_classes), trained on ``schedule``."""
 
     def __init__(self, dim: int, num_classes: int, schedule: Schedule, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
@@ -96,12 +85,6 @@ class MLPClassifier(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x: (B, dim) or any (B, ...) with dim entries per sample (images are flattened); returns (B, num_classes)."""
         return self.body(x.reshape(x.shape[0], -1), t)
-
-    config = MLPScoreNet.config
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MLPClassifier":
-        return cls(schedule=schedule_from_config(config["schedule"]), **{k: v for k, v in config.items() if k != "schedule"})
 
     def classifier(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkClassifier:
         """The ``classifier(x, sigma, m) -> logits`` callable that :class:`~scoregen.ClassifierGuidance` takes."""

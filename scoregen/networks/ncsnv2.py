@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import NetworkScoreModel
-from ..schedules import DiscreteVE, schedule_from_config
+from ..schedules import DiscreteVE
+from .base import ScoreNetwork
 
 __all__ = ["NCSNv2"]
 
@@ -222,7 +223,7 @@ class _RefineBlock(nn.Module):
         return self.output_convs(self.crp(h))
 
 
-class NCSNv2(nn.Module):
+class NCSNv2(ScoreNetwork):
     """The NCSNv2 score network: ``net(x, t)`` with x of shape (B, in_channels, H, W) -> the score, same shape.
 
     Args:
@@ -311,17 +312,6 @@ class NCSNv2(nn.Module):
         return cls(image_size, in_channels, schedule, ngf=ngf, variant="ncsnv2", centered=centered)
 
     # ---------------------------------------------------------------- interface
-    def config(self) -> dict:
-        """JSON-able constructor arguments (the schedule as its config): ``from_config`` rebuilds the network."""
-        return {**self._args, "schedule": self.schedule.to_config()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "NCSNv2":
-        """The network :meth:`config` describes (fresh weights: load a state_dict into it)."""
-        if "schedule" not in config:
-            raise ValueError("an NCSNv2 config needs a 'schedule' entry (see NCSNv2.config())")
-        return cls(schedule=schedule_from_config(config["schedule"]), **{k: v for k, v in config.items() if k != "schedule"})
-
     def score_model(self, time: Literal["nearest"] = "nearest") -> NetworkScoreModel:
         """This network as a score model on its own schedule, queried at the nearest trained level (its
         labels are discrete: a fractional label would be rounded inside while the caller assumed its exact

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import PARAMETERIZATIONS, NetworkScoreModel
-from ..schedules import DiscreteVP, Schedule, schedule_from_config
+from ..models import PARAMETERIZATIONS
+from ..schedules import DiscreteVP, Schedule
+from .base import ScoreNetwork
 from .embedding import sinusoidal_embedding
 from .mlp import _time_scale
 
@@ -134,7 +135,7 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
-class UNet(nn.Module):
+class UNet(ScoreNetwork):
     """The DDPM U-Net: ``net(x, t[, y])`` with x of shape (B, in_channels, H, W) -> same shape.
 
     Args:
@@ -275,21 +276,6 @@ class UNet(nn.Module):
     def null_label(self) -> Optional[int]:
         """The label meaning "no class" (``num_classes``), or None for an unconditional network."""
         return self.num_classes
-
-    def config(self) -> dict:
-        """JSON-able constructor arguments (the schedule as its config): ``from_config`` rebuilds the network."""
-        return {**{k: list(v) if isinstance(v, list) else v for k, v in self._args.items()}, "schedule": self.schedule.to_config()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "UNet":
-        """The network :meth:`config` describes (fresh weights: load a state_dict into it)."""
-        if "schedule" not in config:
-            raise ValueError("a UNet config needs a 'schedule' entry (see UNet.config())")
-        return cls(schedule=schedule_from_config(config["schedule"]), **{k: v for k, v in config.items() if k != "schedule"})
-
-    def score_model(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkScoreModel:
-        """This network as a score model on its own schedule (fractional time: it embeds real-valued labels)."""
-        return NetworkScoreModel(self, self.schedule, self.parameterization, shape=self.shape, time=time)
 
     def embedding(self, t: Tensor, y: Optional[Tensor] = None, batch: Optional[int] = None) -> Tensor:
         """The (B, 4 * base_channels) time (+ class) embedding that every residual block receives."""
