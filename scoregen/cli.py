@@ -170,8 +170,8 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
             parser.error("--label with an unconditional model needs --classifier DIR (a noisy classifier checkpoint)")
         if not 0 <= args.label < classes:
             parser.error(f"--label must be in 0..{classes - 1}, got {args.label}")
-    elif args.classifier or args.guidance_scale is not None:
-        parser.error("--classifier / --guidance-scale need --label Y")
+    elif args.classifier:
+        parser.error("--classifier needs --label Y (the class to guide towards)")
     images = len(net.shape) == 3
     hook = clip_x0(*value_range) if images and value_range and not args.no_clip else None
     return model, hook, value_range, f"{config['network']['class']} from {args.checkpoint}"

@@ -11,25 +11,31 @@ from typing import IO, Iterator, Optional
 
 import torch
 
-__all__ = ["atomic_write", "save_image_grid", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_trainer_state"]
+__all__ = ["atomic_path", "atomic_write", "save_image_grid", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_trainer_state"]
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Write to a temporary file beside ``path`` and rename it over ``path`` only once writing succeeded."""
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` only once writing succeeded."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """An open file whose contents appear at ``path`` whole, or not at all."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, value_range: Optional[tuple] = (-1.0, 1.0),
@@ -93,13 +99,8 @@ def save_checkpoint(directory: str | os.PathLike, net, *, step: int = 0, ema=Non
 
     def put(kind: str, name: str, write) -> None:
         path = os.path.join(directory, name)
-        tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             write(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         files[kind] = {"name": name, "sha256": _sha256(path)}
 
     tensors = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
