@@ -1,8 +1,10 @@
 """scoregen: one score-model interface, pluggable diffusion and score-based samplers, guidance, exact targets."""
 
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance
-from .metrics import mode_tv, sliced_w2, sliced_w2_noise_floor
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance, LikelihoodGuidance, gaussian_measurement
+from .io import load_checkpoint
+from .metrics import class_report, mode_tv, sliced_w2, sliced_w2_noise_floor
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
+from .pretrained import pretrained_names
 from .samplers import SAMPLERS, SampleResult, sample
 from .schedules import ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
 from .targets import GaussianMixture, load_target
@@ -17,6 +19,8 @@ __all__ = [
     "dynamic_threshold",
     "ClassifierGuidance",
     "ClassifierFreeGuidance",
+    "LikelihoodGuidance",
+    "gaussian_measurement",
     "DiscreteVP",
     "DiscreteVE",
     "ContinuousVP",
@@ -29,4 +33,7 @@ __all__ = [
     "sliced_w2",
     "sliced_w2_noise_floor",
     "mode_tv",
+    "class_report",
+    "load_checkpoint",
+    "pretrained_names",
 ]

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dimension, NCSNv2 technique 2), T=100, step_lr 2e-5.")
     src = s.add_mutually_exclusive_group()
     src.add_argument("--target", type=_target_arg, help="ring2d, gmm64 or PATH.json (default ring2d)")
-    src.add_argument("--checkpoint", help="a trained model: a checkpoint folder written by `scoregen train`")
+    src.add_argument("--checkpoint", help="a trained model: a checkpoint folder written by `scoregen train`, or a "
+                                           "built-in model's name (`scoregen pretrained list`), e.g. digits-ddpm")
     s.add_argument("--classifier", help="with --checkpoint and --label: a classifier checkpoint for classifier guidance "
                                         "(without it, a class-conditional model uses classifier-free guidance)")
     s.add_argument("--grid", help="also save the samples as an image grid PNG (image models)")
@@ -82,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--checkpoint-every", type=_positive_int, default=1000)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    pr = sub.add_parser("pretrained", help="list the built-in pretrained models, or rebuild one from its recipe",
+                        description="Built-in models ship inside the package and load by name (--checkpoint NAME). "
+                                    "`build` retrains one with the settings in scoregen/pretrained/recipes.json into "
+                                    "OUT/train (resumable) and exports its EMA weights to OUT/NAME.")
+    pr_sub = pr.add_subparsers(dest="action", required=True)
+    pr_sub.add_parser("list", help="the built-in models, their size and how they were trained")
+    pb = pr_sub.add_parser("build", help="retrain a built-in model from its recipe")
+    pb.add_argument("name", help="a built-in model's name, e.g. digits-ddpm")
+    pb.add_argument("--out", required=True, help="folder for the training checkpoint (OUT/train) and the export (OUT/NAME)")
+    pb.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT/train")
+    pb.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     b = sub.add_parser("bench", help="every sampler at several NFE budgets on an exact target: a comparison table")
     b.add_argument("--target", type=_target_arg, default="ring2d", help="ring2d, gmm64 or PATH.json (default ring2d)")
@@ -199,6 +212,35 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import os
+
+    from .io import export_checkpoint
+    from .pretrained import pretrained_names, pretrained_path, pretrained_recipe, train_argv
+
+    if args.action == "list":
+        for name in pretrained_names():
+            try:
+                path = pretrained_path(name)
+                size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 1e6
+                where = f"{size:.1f} MB"
+            except FileNotFoundError:
+                where = "not installed"
+            print(f"{name:18s} {where:>14s}  {pretrained_recipe(name)['description']}")
+            print(f"{'':18s} {'':>14s}  scoregen train {' '.join(train_argv(name))}")
+        return 0
+    argv = train_argv(args.name)
+    train_dir, export_dir = os.path.join(args.out, "train"), os.path.join(args.out, args.name)
+    extra = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+    print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}")
+    code = _cmd_train(parser.parse_args(["train", *argv, "--out", train_dir, *extra]), parser)
+    if code:
+        return code
+    export_checkpoint(train_dir, export_dir, meta={"builtin": args.name, "recipe": pretrained_recipe(args.name)})
+    print(f"exported the EMA weights to {export_dir}; to ship them, replace scoregen/pretrained/{args.name} with it")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .bench import format_table, plot_bench, rows_to_csv, run_bench
     from .targets import load_target
@@ -241,7 +283,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        command = {"sample": _cmd_sample, "train": _cmd_train, "bench": _cmd_bench}[args.command]
+        command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained,
+                   "bench": _cmd_bench}[args.command]
         return command(args, parser)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
         print(f"scoregen {args.command}: error: {e}", file=sys.stderr)

@@ -11,7 +11,8 @@ from typing import IO, Iterator, Optional
 
 import torch
 
-__all__ = ["atomic_path", "atomic_write", "save_image_grid", "save_checkpoint", "load_checkpoint", "read_checkpoint_config", "load_trainer_state"]
+__all__ = ["atomic_path", "atomic_write", "save_image_grid", "save_checkpoint", "load_checkpoint", "read_checkpoint_config",
+           "load_trainer_state", "export_checkpoint", "checkpoint_dir"]
 
 
 @contextlib.contextmanager
@@ -39,8 +40,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, value_range: Optional[tuple] = (-1.0, 1.0),
-                    nrow: Optional[int] = None, padding: int = 1) -> None:
-    """Save images (n, C, H, W), C = 1 or 3, with values in ``value_range`` as one PNG grid (Pillow)."""
+                    nrow: Optional[int] = None, padding: int = 1, scale: Optional[int] = None) -> None:
+    """Save images (n, C, H, W), C = 1 or 3, with values in ``value_range`` as one PNG grid (Pillow),
+    ``nrow`` images per row, each enlarged ``scale`` times by pixel repetition (default: to at least 32 px)."""
     from PIL import Image
 
     if images.ndim != 4 or images.shape[1] not in (1, 3):
@@ -49,6 +51,7 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, value_range: 
     x = ((images.detach().float().cpu() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
+    scale = scale or max(1, math.ceil(32 / max(h, w)))
     rows = math.ceil(n / nrow)
     grid = torch.ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)
     for i in range(n):
@@ -57,6 +60,7 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, value_range: 
         grid[:, top:top + h, left:left + w] = x[i]
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, mode="L" if c == 1 else "RGB")
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     with atomic_write(path, "wb") as f:
         image.save(f, format="PNG")
 
@@ -125,6 +129,19 @@ def save_checkpoint(directory: str | os.PathLike, net, *, step: int = 0, ema=Non
             os.remove(os.path.join(directory, name))
 
 
+def checkpoint_dir(checkpoint: str | os.PathLike) -> str:
+    """The folder of a checkpoint given as a path, or as the name of a built-in model (``digits-ddpm``)."""
+    from .pretrained import pretrained_names, pretrained_path
+
+    checkpoint = os.fspath(checkpoint)
+    if os.path.exists(checkpoint):
+        return checkpoint
+    if checkpoint in pretrained_names():
+        return pretrained_path(checkpoint)
+    raise FileNotFoundError(f"no checkpoint folder {checkpoint!r}, and it is not the name of a built-in model "
+                            f"({', '.join(pretrained_names())})")
+
+
 def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     """The checkpoint's ``config.json``, checked for format and for the integrity of every file it names."""
     directory = os.fspath(directory)
@@ -152,9 +169,11 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
 
 def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu"):
     """Rebuild the network a checkpoint describes and load its weights (the EMA weights when present and
-    ``ema=True``). Returns ``(net, config)``; the network is in eval mode. Nothing pickled is executed."""
+    ``ema=True``). Returns ``(net, config)``; the network is in eval mode. Nothing pickled is executed.
+    ``directory`` may also be the name of a built-in model (``scoregen pretrained list``)."""
     from safetensors.torch import load_file
 
+    directory = checkpoint_dir(directory)
     config = read_checkpoint_config(directory)
     net_cfg = config["network"]
     net = _network_class(net_cfg["class"]).from_config(net_cfg["config"])
@@ -165,6 +184,14 @@ def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True, device: s
     except RuntimeError as e:
         raise ValueError(f"checkpoint {directory!r}: its weights do not fit the {net_cfg['class']} its config describes: {e}") from None
     return net.to(device).eval(), config
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, meta: Optional[dict] = None) -> None:
+    """Write the weights sampling needs (the EMA copy when ``src`` has one) as a checkpoint of their own in
+    ``dst``: no second weight set, no optimizer state; ``meta`` is merged into the source's."""
+    net, config = load_checkpoint(src)
+    weights = "ema" if "ema" in config["files"] else "weights"
+    save_checkpoint(dst, net, step=config["step"], meta={**config["meta"], "exported_weights": weights, **(meta or {})})
 
 
 def load_trainer_state(directory: str | os.PathLike, config: dict) -> dict:

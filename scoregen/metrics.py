@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["sliced_w2", "sliced_w2_noise_floor", "mode_tv"]
+__all__ = ["sliced_w2", "sliced_w2_noise_floor", "mode_tv", "class_report"]
 
 
 def sliced_w2(a: Tensor, b: Tensor, projections: int = 256, seed: int = 0) -> float:
@@ -57,3 +57,27 @@ def mode_tv(samples: Tensor, target, weights: Optional[Tensor] = None) -> float:
     hist = torch.bincount(k, minlength=len(target.weights)).double() / len(k)
     w = torch.as_tensor(target.weights if weights is None else weights, dtype=torch.float64)
     return 0.5 * float((hist - w).abs().sum())
+
+
+def class_report(logits: Tensor, reference: Tensor, requested: Optional[Tensor] = None) -> dict:
+    """How a classifier sees a set of samples, from its logits (N, K) on them.
+
+    ``confidence``: the mean of the largest class probability; ``histogram`` (K,): the fraction of samples
+    whose most likely class is k; ``tv``: total variation between that histogram and ``reference`` (K,),
+    e.g. the data's class frequencies; with ``requested`` (N,) labels also ``requested_rate``: the fraction
+    of samples classified as the class asked for.
+    """
+    logits = torch.as_tensor(logits).detach().to("cpu", torch.float64)
+    reference = torch.as_tensor(reference, dtype=torch.float64)
+    if logits.ndim != 2 or reference.shape != logits.shape[1:]:
+        raise ValueError(f"class_report needs logits (N, K) and reference (K,), got {tuple(logits.shape)} and {tuple(reference.shape)}")
+    if not torch.isclose(reference.sum(), torch.tensor(1.0, dtype=torch.float64)) or (reference < 0).any():
+        raise ValueError(f"reference must be class probabilities summing to 1, got {reference.tolist()}")
+    probs = logits.softmax(-1)
+    k = probs.argmax(-1)
+    hist = torch.bincount(k, minlength=logits.shape[1]).double() / len(k)
+    report = {"confidence": float(probs.max(-1).values.mean()), "histogram": hist,
+              "tv": 0.5 * float((hist - reference).abs().sum())}
+    if requested is not None:
+        report["requested_rate"] = float((k == torch.as_tensor(requested).cpu()).double().mean())
+    return report

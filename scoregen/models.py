@@ -53,21 +53,67 @@ def _col(v: Level, x: Tensor) -> Level:
     return v
 
 
+class _OnHost(torch.autograd.Function):
+    """Run ``fn`` on the concrete values of noise-level tensors, also under ``torch.func`` transforms.
+
+    Levels are data for checks and float64 schedule arithmetic (numpy), never differentiated. Under
+    ``torch.func.vmap`` a per-sample level is a batched tensor whose values Python cannot read; this
+    Function's vmap rule hands ``fn`` the whole stack of levels at once instead. ``fn`` takes tensors of
+    one shape and returns a tuple of tensors of that shape, elementwise; the outputs are not differentiable.
+    """
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def forward(fn, *levels):
+        return tuple(fn(*levels))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.num_inputs = len(inputs)
+        ctx.mark_non_differentiable(*output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None,) * ctx.num_inputs
+
+    @staticmethod
+    def vmap(info, in_dims, fn, *levels):
+        moved = [v.movedim(d, 0) if d is not None else v.expand(info.batch_size, *v.shape) for v, d in zip(levels, in_dims[1:])]
+        out = _OnHost.apply(fn, *moved)
+        return out, (0,) * len(out)
+
+
+def _on_host(fn: Callable[..., tuple], *levels: Tensor) -> tuple:
+    """``fn(*levels)`` on the levels' values (broadcast to one shape first); see :class:`_OnHost`."""
+    return _OnHost.apply(fn, *torch.broadcast_tensors(*levels))
+
+
 def check_level(sigma: Level, m: Level, x: Tensor) -> None:
     """Refuse a level that is not finite with sigma >= 0 and m > 0, or a per-sample level not of shape (batch,)."""
     if isinstance(sigma, Tensor) or isinstance(m, Tensor):
         _col(sigma, x), _col(m, x)  # shape check
-        s, mm = torch.as_tensor(sigma), torch.as_tensor(m)
-        ok = bool(torch.isfinite(s).all() & torch.isfinite(mm).all() & (s >= 0).all() & (mm > 0).all())
-    else:
-        ok = math.isfinite(sigma) and math.isfinite(m) and sigma >= 0 and m > 0
-    if not ok:
+        device = (sigma if isinstance(sigma, Tensor) else m).device
+
+        def check(s: Tensor, mm: Tensor) -> tuple:
+            if not bool(torch.isfinite(s).all() & torch.isfinite(mm).all() & (s >= 0).all() & (mm > 0).all()):
+                raise ValueError(f"a noise level needs finite sigma >= 0 and m > 0; got sigma={s}, m={mm}")
+            return (s.new_zeros(s.shape),)
+
+        _on_host(check, torch.as_tensor(sigma, device=device), torch.as_tensor(m, device=device))
+    elif not (math.isfinite(sigma) and math.isfinite(m) and sigma >= 0 and m > 0):
         raise ValueError(f"a noise level needs finite sigma >= 0 and m > 0; got sigma={sigma}, m={m}")
 
 
 def _require_positive(name: str, v: Level, why: str) -> None:
-    bad = (v <= 0).any().item() if isinstance(v, Tensor) else not v > 0
-    if bad:
+    def check(v: Tensor) -> tuple:
+        if bool((v <= 0).any()):
+            raise ValueError(f"{name} must be > 0 {why}; got {name}={v}")
+        return (v.new_zeros(v.shape),)
+
+    if isinstance(v, Tensor):
+        _on_host(check, v)
+    elif not v > 0:
         raise ValueError(f"{name} must be > 0 {why}; got {name}={v}")
 
 
@@ -156,6 +202,14 @@ class LevelMap:
             return self.schedule.nearest_time(log_snr)
         return self.schedule.t_from_log_snr(log_snr)
 
+    def _tensor_levels(self, sigma: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, m_t, sigma_t) as float64 tensors shaped like the caller's per-sample levels (any shape)."""
+        sig, mm = sigma.detach().cpu().numpy(), m.detach().cpu().numpy()
+        with np.errstate(divide="ignore"):
+            t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
+        m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+        return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=sigma.device) for a in (t, m_t, sigma_t))
+
     def _scalar(self, sigma: float, m: float) -> tuple[float, float, float, float]:
         """(t, m_t, sigma_t, input scale) for one caller level; cached, since samplers revisit few levels."""
         key = (sigma, m)
@@ -176,14 +230,13 @@ class LevelMap:
         label_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # bfloat16 would round 999 to 1000
         if isinstance(sigma, Tensor) or isinstance(m, Tensor):
             check_level(sigma, m, x)
-            sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
-            mm = torch.as_tensor(m, dtype=torch.float64).expand(x.shape[0]).cpu().numpy()
-            with np.errstate(divide="ignore"):
-                t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
-            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
-            as_t = lambda a: torch.as_tensor(a, dtype=x.dtype, device=x.device)  # noqa: E731
+            device = (sigma if isinstance(sigma, Tensor) else m).device
+            sig = torch.as_tensor(sigma, dtype=torch.float64, device=device).expand(x.shape[0])
+            mm = torch.as_tensor(m, dtype=torch.float64, device=device).expand(x.shape[0])
+            t, m_t, sigma_t = _on_host(self._tensor_levels, sig, mm)  # works under torch.func.vmap too
+            as_t = lambda a: a.to(dtype=x.dtype, device=x.device)  # noqa: E731
             m_t, sigma_t = as_t(m_t), as_t(sigma_t)
-            return x * _col(m_t / as_t(mm), x), torch.as_tensor(t, dtype=label_dtype, device=x.device), m_t, sigma_t
+            return x * _col(m_t / as_t(mm), x), t.to(dtype=label_dtype, device=x.device), m_t, sigma_t
         t, m_t, sigma_t, scale = self._scalar(float(sigma), float(m))
         x_in = x if scale == 1.0 else x * scale
         return x_in, torch.full((x.shape[0],), t, dtype=label_dtype, device=x.device), m_t, sigma_t

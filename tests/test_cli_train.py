@@ -55,7 +55,7 @@ def test_checkpoint_misuse_is_explained(trained, tmp_path, capsys):
         main(["sample", "--checkpoint", str(trained / "clf"), "--out", str(tmp_path / "x.npy")])
     assert "holds a classifier" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x.npy")]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "no checkpoint folder" in capsys.readouterr().err
 
 
 def test_resume_trains_longer_but_refuses_other_settings(tmp_path, capsys):
@@ -81,7 +81,7 @@ def test_digits_pipeline_writes_samples_and_a_grid(tmp_path):
                  "--sampler", "ddim", "--steps", "5", "-n", "9", "--out", str(out), "--grid", str(grid), "--no-progress"]) == 0
     x = np.load(out)
     assert x.shape == (9, 1, 8, 8) and np.abs(x).max() <= 1.0 + 1e-5
-    assert Image.open(grid).size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 tiles of 8 px with 1 px padding
+    assert Image.open(grid).size == (4 * (3 * 9 + 1),) * 2  # 3 x 3 tiles of 8 px with 1 px padding, enlarged 4x
     # an MLP classifier checkpoint on flattened digits guides the same model too
     assert main(["sample", "--checkpoint", str(tmp_path / "u"), "--classifier", str(tmp_path / "c"), "--label", "3",
                  "--sampler", "ddpm", "--steps", "5", "-n", "4", "--out", str(out), "--no-progress"]) == 0

@@ -1,0 +1,99 @@
+"""Other pipelines' denoisers as scoregen score models (the reverse of :mod:`scoregen.interop.export`).
+
+k-diffusion (Crowson) and EDM (Karras et al. 2022) describe every model as a denoiser ``D(x, sigma)``:
+``x = x0 + sigma * n`` in variance-exploding coordinates, ``sigma`` a tensor of shape ``(B,)``, and
+``D`` the estimate of x0. k-diffusion's wrappers put other models in that form (``VDenoiser``,
+``DiscreteEpsDDPMDenoiser``, ``CompVisDenoiser``: for a DDPM eps-network the input is scaled by
+``c_in = 1 / sqrt(sigma^2 + 1)`` and sigma maps to the network's time label by interpolating log sigma
+over its trained levels). :func:`from_denoiser` turns any such ``D`` into a :class:`~scoregen.ScoreModel`,
+so every scoregen sampler and guidance transform runs on it.
+
+A DDPM-style ``eps(x_t, t)`` callable with its schedule needs no adapter here: that is
+``NetworkScoreModel(fn, schedule, "eps", shape=...)`` (``time="fractional"`` for networks that take
+fractional labels), and :func:`scoregen.interop.export.eps_fn` is its inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..models import Level, ScoreModel, _col, check_level
+from ..schedules import ContinuousVE
+
+__all__ = ["DenoiserScoreModel", "from_denoiser"]
+
+
+class DenoiserScoreModel(ScoreModel):
+    """A denoiser ``D(x, sigma) -> x0_hat`` trained on VE levels ``[sigma_min, sigma_max]``, as a score model.
+
+    A query ``eps(x, sigma, m)`` at the caller's level ``x = m x0 + sigma eps`` is answered by log-SNR
+    matching, as :class:`~scoregen.NetworkScoreModel` does: the VE level with the same log-SNR is
+    ``s = sigma / m`` and the VE state ``x / m``; ``s`` is clamped to ``[sigma_min, sigma_max]`` (a level
+    outside the trained range is answered at its nearest end, so ``sigma = 0`` is answered at ``sigma_min``)
+    and ``eps = (x / m - D(x / m, s)) / s``. ``D`` receives ``s`` as a tensor of shape ``(B,)`` in x's dtype,
+    and the class label ``y`` as ``D(x, s, y)`` or, with ``label_kwarg``, as ``D(x, s, **{label_kwarg: y})``.
+
+    ``schedule`` is ``ContinuousVE(sigma_min, sigma_max, t_min=0)``: samplers' default grids run from
+    sigma_max down to sigma_min, geometrically.
+    """
+
+    def __init__(self, denoiser: Callable[..., Tensor], shape: tuple[int, ...], sigma_min: float, sigma_max: float,
+                 *, label_kwarg: Optional[str] = None):
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable as D(x, sigma), got {type(denoiser).__name__}")
+        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+        if not (math.isfinite(sigma_max) and sigma_max > sigma_min > 0):
+            raise ValueError(f"need finite sigma_max > sigma_min > 0, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+        self.denoiser, self.shape, self.label_kwarg = denoiser, tuple(int(s) for s in shape), label_kwarg
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.schedule = ContinuousVE(sigma_min, sigma_max, t_min=0.0)
+
+    def ve_sigma(self, x: Tensor, sigma: Level, m: Level = 1.0) -> Tensor:
+        """The VE sigma the denoiser is queried at, clamped to the trained range, shape (B,) in x's dtype."""
+        check_level(sigma, m, x)
+        if isinstance(sigma, Tensor) or isinstance(m, Tensor):
+            s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device) / torch.as_tensor(m, dtype=x.dtype, device=x.device)
+            return s.clamp(self.sigma_min, self.sigma_max).expand(x.shape[0])
+        return x.new_full((x.shape[0],), min(max(sigma / m, self.sigma_min), self.sigma_max))
+
+    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        s = self.ve_sigma(x, sigma, m)
+        x_ve = x if not isinstance(m, Tensor) and m == 1.0 else x / _col(m, x)
+        if y is None:
+            out = self.denoiser(x_ve, s)
+        elif self.label_kwarg is None:
+            out = self.denoiser(x_ve, s, y)
+        else:
+            out = self.denoiser(x_ve, s, **{self.label_kwarg: y})
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the denoiser returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
+        return (x_ve - out) / _col(s, x)
+
+    def __repr__(self) -> str:
+        name = getattr(self.denoiser, "__name__", type(self.denoiser).__name__)
+        return f"DenoiserScoreModel({name}, shape={self.shape}, sigma=[{self.sigma_min:g}, {self.sigma_max:g}])"
+
+
+def from_denoiser(denoiser: Callable[..., Tensor], shape: tuple[int, ...], sigma_min: float, sigma_max: float,
+                  *, label_kwarg: Optional[str] = None) -> DenoiserScoreModel:
+    """Wrap a k-diffusion / EDM denoiser ``D(x, sigma) -> x0_hat`` (VE coordinates) as a scoregen score model.
+
+    Args:
+        denoiser: ``D(x, sigma[, y])`` with x of shape ``(B, *shape)``, ``x = x0 + sigma * n``, sigma of
+            shape ``(B,)``; e.g. a ``k_diffusion.external`` wrapper or :func:`~scoregen.interop.export.denoiser`.
+        shape: the event shape of one sample, e.g. ``(3, 32, 32)``.
+        sigma_min, sigma_max: the trained VE range (EDM: 0.002, 80; a DDPM model wrapped by
+            ``DiscreteEpsDDPMDenoiser``: its ``sigma_min``, ``sigma_max``); queries are clamped to it.
+        label_kwarg: pass a class label as this keyword (k-diffusion wrappers take ``**kwargs``) instead of
+            as the third positional argument.
+
+    Returns:
+        a :class:`DenoiserScoreModel` with ``eps = (x - D(x, sigma)) / sigma`` for VE callers and log-SNR
+        matching (input ``x / m``, level ``sigma / m``) for VP callers.
+    """
+    return DenoiserScoreModel(denoiser, shape, sigma_min, sigma_max, label_kwarg=label_kwarg)
