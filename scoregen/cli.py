@@ -87,13 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("pretrained", help="list the built-in pretrained models, or rebuild one from its recipe",
                         description="Built-in models ship inside the package and load by name (--checkpoint NAME). "
                                     "`build` retrains one with the settings in scoregen/pretrained/recipes.json into "
-                                    "OUT/train (resumable) and exports its EMA weights to OUT/NAME.")
+                                    "OUT/NAME-train (resumable) and exports its EMA weights to OUT/NAME.")
     pr_sub = pr.add_subparsers(dest="action", required=True)
     pr_sub.add_parser("list", help="the built-in models, their size and how they were trained")
     pb = pr_sub.add_parser("build", help="retrain a built-in model from its recipe")
     pb.add_argument("name", help="a built-in model's name, e.g. digits-ddpm")
-    pb.add_argument("--out", required=True, help="folder for the training checkpoint (OUT/train) and the export (OUT/NAME)")
-    pb.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT/train")
+    pb.add_argument("--out", required=True, help="folder for the training checkpoint (OUT/NAME-train) and the export (OUT/NAME)")
+    pb.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT/NAME-train")
     pb.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     b = sub.add_parser("bench", help="every sampler at several NFE budgets on an exact target: a comparison table")
@@ -230,7 +230,7 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             print(f"{'':18s} {'':>14s}  scoregen train {' '.join(train_argv(name))}")
         return 0
     argv = train_argv(args.name)
-    train_dir, export_dir = os.path.join(args.out, "train"), os.path.join(args.out, args.name)
+    train_dir, export_dir = os.path.join(args.out, f"{args.name}-train"), os.path.join(args.out, args.name)
     extra = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
     print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}")
     code = _cmd_train(parser.parse_args(["train", *argv, "--out", train_dir, *extra]), parser)

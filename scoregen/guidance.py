@@ -69,8 +69,8 @@ class LikelihoodGuidance(ModelTransform):
 
     def __init__(self, model: ScoreModel, log_likelihood: LogLikelihood, scale: float = 1.0):
         super().__init__(model)
-        if not scale >= 0:
-            raise ValueError(f"guidance scale must be >= 0, got {scale}")
+        if not (scale >= 0 and math.isfinite(scale)):
+            raise ValueError(f"guidance scale must be finite and >= 0, got {scale}")
         if not callable(log_likelihood):
             raise TypeError(f"log_likelihood must be callable as log_likelihood(x, sigma, m, y) -> (batch,), "
                             f"got {type(log_likelihood).__name__}")
@@ -79,7 +79,11 @@ class LikelihoodGuidance(ModelTransform):
     def grad_log_likelihood(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         """``grad_x log p(y | x_t)`` at the caller's level, shaped like x (autograd, also inside ``torch.no_grad``)."""
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
+            try:
+                x_in = x.detach().requires_grad_(True)
+            except RuntimeError as e:  # torch.func transforms forbid requires_grad_ on their wrapped tensors
+                raise RuntimeError("guidance takes its likelihood gradient with torch.autograd, which does not run inside "
+                                   "torch.func transforms (vmap, grad, jacrev): call the guided model eagerly") from e
             log_p = self.log_likelihood(x_in, sigma, m, y)
             if not isinstance(log_p, Tensor) or log_p.shape != x.shape[:1]:
                 got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
@@ -148,10 +152,6 @@ class ClassifierGuidance(LikelihoodGuidance):
         super().__init__(model, classifier_log_likelihood(classifier), scale)
         self.classifier = classifier
 
-    def grad_log_prob(self, x: Tensor, sigma: Level, m: Level, y: Tensor) -> Tensor:
-        """``grad_x log p(y | x_t)`` at the caller's level, shape like x."""
-        return self.grad_log_likelihood(x, sigma, m, y)
-
 
 class ClassifierFreeGuidance(ModelTransform):
     """Classifier-free guidance (Ho & Salimans 2022): ``eps~ = (1 + w) eps(x, y) - w eps(x, null)``.
@@ -164,8 +164,8 @@ class ClassifierFreeGuidance(ModelTransform):
 
     def __init__(self, model: ScoreModel, null_label: Optional[int], scale: float = 0.0):
         super().__init__(model)
-        if not scale >= 0:
-            raise ValueError(f"guidance scale w must be >= 0, got {scale}")
+        if not (scale >= 0 and math.isfinite(scale)):
+            raise ValueError(f"guidance scale w must be finite and >= 0, got {scale}")
         self.null_label, self.scale = null_label, float(scale)
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
@@ -254,9 +254,14 @@ class GaussianMeasurement:
             if shape and (tuple(y_obs.shape) != shape and tuple(y_obs.shape[1:]) != shape):
                 raise ValueError(f"with a mask operator, y_obs must have the model's sample shape {shape} or "
                                  f"(batch, *{shape}), got {tuple(y_obs.shape)}")
+            observed, y_b = torch.broadcast_tensors(mask != 0, y_obs)
+            if not bool(torch.isfinite(y_b[observed]).all()):
+                raise ValueError("y_obs holds NaN or inf at observed entries (where the mask is 1): a measurement must be finite")
             self.mask: Optional[Tensor] = mask
             self.A: Callable[[Tensor], Tensor] = lambda x0: self.mask.to(x0) * x0  # noqa: E731
         elif callable(operator):
+            if not bool(torch.isfinite(y_obs).all()):
+                raise ValueError("y_obs holds NaN or inf: a measurement must be finite (hide entries with a 0/1 mask operator)")
             self.mask, self.A = None, operator
         else:
             raise TypeError(f"operator (A) must be a callable A(x0) or a 0/1 mask tensor, got {type(operator).__name__}")
@@ -271,6 +276,9 @@ class GaussianMeasurement:
 
     def residual(self, x0: Tensor) -> Tensor:
         """``y - A x0`` of shape ``(B, *measurement_shape)`` for x0 of shape ``(B, *model.shape)``; 0 where a mask hides y."""
+        if self.mask is not None and self.mask.ndim > len(x0.shape[1:]) and self.mask.shape[0] != x0.shape[0]:
+            raise ValueError(f"the per-sample mask has {self.mask.shape[0]} masks for a batch of {x0.shape[0]} samples: "
+                             f"sample n = {self.mask.shape[0]}, or pass one mask of shape {tuple(x0.shape[1:])} for all")
         Ax = self.A(x0)
         if not isinstance(Ax, Tensor) or Ax.ndim < 1 or Ax.shape[0] != x0.shape[0]:
             got = tuple(Ax.shape) if isinstance(Ax, Tensor) else type(Ax).__name__
@@ -281,8 +289,8 @@ class GaussianMeasurement:
             raise ValueError(f"the measurement y_obs has shape {tuple(y.shape)}, but A maps a batch x0 of shape "
                              f"{tuple(x0.shape)} to {tuple(Ax.shape)}: pass y_obs of shape {tuple(Ax.shape[1:])} "
                              f"(one measurement for all samples) or {tuple(Ax.shape)} (one per sample)")
-        if self.mask is not None:
-            return self.mask.to(Ax) * y - Ax
+        if self.mask is not None:  # hidden entries of y may hold anything (NaN included): they are never read
+            return torch.where(self.mask.to(Ax.device) != 0, y, torch.zeros_like(y)) - Ax
         return y - Ax
 
     def _observed(self, x: Tensor, residual: Tensor) -> Union[float, Tensor]:

@@ -51,6 +51,8 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, value_range: 
     x = ((images.detach().float().cpu() - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
+    if scale is not None and (not isinstance(scale, int) or scale < 1):
+        raise ValueError(f"scale must be a positive integer (how many times to enlarge each pixel), got {scale!r}")
     scale = scale or max(1, math.ceil(32 / max(h, w)))
     rows = math.ceil(n / nrow)
     grid = torch.ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)
@@ -134,7 +136,10 @@ def checkpoint_dir(checkpoint: str | os.PathLike) -> str:
     from .pretrained import pretrained_names, pretrained_path
 
     checkpoint = os.fspath(checkpoint)
-    if os.path.exists(checkpoint):
+    if os.path.exists(checkpoint):  # a path that exists wins over a built-in model of the same name
+        if checkpoint in pretrained_names() and not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            raise FileNotFoundError(f"{checkpoint!r} here is a folder without a checkpoint, and it hides the built-in "
+                                    f"model of that name: remove or rename it, or run from another folder")
         return checkpoint
     if checkpoint in pretrained_names():
         return pretrained_path(checkpoint)

@@ -73,6 +73,11 @@ def class_report(logits: Tensor, reference: Tensor, requested: Optional[Tensor] 
         raise ValueError(f"class_report needs logits (N, K) and reference (K,), got {tuple(logits.shape)} and {tuple(reference.shape)}")
     if not torch.isclose(reference.sum(), torch.tensor(1.0, dtype=torch.float64)) or (reference < 0).any():
         raise ValueError(f"reference must be class probabilities summing to 1, got {reference.tolist()}")
+    if len(logits) == 0 or not bool(torch.isfinite(logits).all()):
+        raise ValueError(f"class_report needs finite logits for at least one sample, got {len(logits)} samples"
+                         + ("" if len(logits) == 0 else " with NaN or inf among them"))
+    if requested is not None and torch.as_tensor(requested).shape != logits.shape[:1]:
+        raise ValueError(f"requested labels must have shape (N,) = ({len(logits)},), got {tuple(torch.as_tensor(requested).shape)}")
     probs = logits.softmax(-1)
     k = probs.argmax(-1)
     hist = torch.bincount(k, minlength=logits.shape[1]).double() / len(k)

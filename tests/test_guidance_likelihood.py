@@ -278,7 +278,7 @@ def test_non_differentiable_log_likelihood_is_refused():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match=r"guidance scale must be >= 0"):
+    with pytest.raises(ValueError, match=r"guidance scale must be finite and >= 0"):
         LikelihoodGuidance(FOUR, lambda x, s, m, y: x.sum(1), -0.5)
     with pytest.raises(TypeError, match="log_likelihood must be callable"):
         LikelihoodGuidance(FOUR, torch.zeros(3))
@@ -319,8 +319,34 @@ def test_bad_masks_and_measurement_shapes_are_refused():
     with pytest.raises(ValueError, match="must map x0 of shape \\(4, 2\\) to a batch"):
         gaussian_measurement(FOUR, lambda x0: x0.sum(), torch.zeros(()), 0.1)(x, 0.5)
     # a per-sample mask for another batch size
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="3 masks for a batch of 4 samples"):
         gaussian_measurement(FOUR, torch.ones(3, 2), torch.zeros(2), 0.1)(x, 0.5)
+
+
+def test_hidden_measurement_entries_may_be_nan_but_observed_ones_must_be_finite():
+    mask = torch.tensor([1.0, 0.0])
+    hidden_nan = gaussian_measurement(FOUR, mask, torch.tensor([2.6, float("nan")]), 0.3)
+    filled = gaussian_measurement(FOUR, mask, torch.tensor([2.6, 123.0]), 0.3)
+    x = torch.randn(4, 2, dtype=F64)
+    assert torch.equal(hidden_nan(x, 0.5), filled(x, 0.5))
+    res = sg.sample(LikelihoodGuidance(FOUR, hidden_nan), "ddim", 8, seed=0, steps=10, progress=False)
+    assert torch.isfinite(res.samples).all()
+    with pytest.raises(ValueError, match="NaN or inf at observed entries"):
+        gaussian_measurement(FOUR, mask, torch.tensor([float("inf"), 0.0]), 0.3)
+    with pytest.raises(ValueError, match="y_obs holds NaN or inf"):
+        gaussian_measurement(FOUR, lambda x0: x0, torch.tensor([0.0, float("nan")]), 0.3)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        LikelihoodGuidance(FOUR, hidden_nan, float("inf"))
+
+
+def test_guidance_under_torch_func_says_to_call_it_eagerly():
+    from scoregen.interop import score_fn
+
+    f = score_fn(LikelihoodGuidance(FOUR, gaussian_measurement(FOUR, lambda x0: x0, torch.zeros(2), 0.3)), "ve")
+    x = torch.randn(4, 2, dtype=F64)
+    assert f(x, 0.5).shape == (4, 2)  # eagerly it works
+    with pytest.raises(RuntimeError, match="does not run inside torch.func transforms"):
+        torch.func.vmap(f, in_dims=(0, None))(x, 0.5)
 
 
 def test_classifier_errors_are_unchanged():

@@ -391,6 +391,8 @@ def test_class_labels_errors():
     cond = from_diffusers(_unet(num_class_embeds=3), DDPMScheduler())
     with pytest.raises(ValueError, match=r"class-conditional \(num_class_embeds=3\): pass class labels y"):
         cond.eps(x, 0.6, 0.8)
+    with pytest.raises(ValueError, match=r"class labels must be in 0..2 \(num_class_embeds=3\), got \[0, 5\]"):
+        cond.eps(x[:2], 0.6, 0.8, torch.tensor([0, 5]))
     plain = from_diffusers(_unet(), DDPMScheduler())
     with pytest.raises(ValueError, match="not class-conditional"):
         plain.eps(x, 0.6, 0.8, torch.tensor([0, 1, 2]))

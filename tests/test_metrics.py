@@ -61,3 +61,23 @@ def test_mode_tv_is_exact_on_constructed_sample_sets():
     assert mode_tv(at_means, target) == pytest.approx(0.0, abs=1e-12)
     all_first = torch.full((10, 1), -5.0)
     assert mode_tv(all_first, target) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_class_report_against_hand_computed_values():
+    from scoregen.metrics import class_report
+
+    # softmax of (log 3, 0) is (3/4, 1/4); of (0, log 4) is (1/5, 4/5)
+    logits = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0], [0.0, math.log(4.0)]])
+    report = class_report(logits, torch.tensor([0.5, 0.5]), requested=torch.tensor([0, 1, 1]))
+    assert report["confidence"] == pytest.approx((0.75 + 0.75 + 0.8) / 3)
+    assert torch.allclose(report["histogram"], torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))
+    assert report["tv"] == pytest.approx(1 / 6)
+    assert report["requested_rate"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"requested labels must have shape \(N,\) = \(3,\), got \(2,\)"):
+        class_report(logits, torch.tensor([0.5, 0.5]), requested=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        class_report(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="at least one sample"):
+        class_report(torch.zeros(0, 2), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="summing to 1"):
+        class_report(logits, torch.tensor([0.5, 0.6]))

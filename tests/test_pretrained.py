@@ -71,7 +71,7 @@ def test_pretrained_build_trains_from_the_recipe_and_exports_the_ema_weights(tmp
     assert "scoregen train --data digits --objective classifier --steps 3" in capsys.readouterr().out
     exported = read_checkpoint_config(tmp_path / "digits-test")
     assert set(exported["files"]) == {"weights"} and exported["meta"]["recipe"] == recipe
-    ema, _ = sg.load_checkpoint(tmp_path / "train")  # the EMA weights of the training checkpoint
+    ema, _ = sg.load_checkpoint(tmp_path / "digits-test-train")  # the EMA weights of the training checkpoint
     net, _ = sg.load_checkpoint(tmp_path / "digits-test")
     for (k, a), (_, b) in zip(ema.state_dict().items(), net.state_dict().items()):
         assert torch.equal(a, b), k
@@ -172,3 +172,10 @@ def test_rebuilding_the_classifier_reproduces_the_shipped_weights(tmp_path):
     for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5, msg=k)
 
+
+
+def test_an_empty_local_folder_named_like_a_builtin_is_explained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits-ddpm").mkdir()
+    with pytest.raises(FileNotFoundError, match="hides the built-in model"):
+        sg.load_checkpoint("digits-ddpm")

@@ -218,6 +218,9 @@ class DiffusersUNet(torch.nn.Module):
                              f"(num_class_embeds={self.num_classes}): pass class labels y of shape (batch,)")
         if not self.conditional and y is not None:
             raise ValueError("this UNet is not class-conditional (no num_class_embeds): it takes no labels y")
+        if y is not None and self.num_classes is not None and bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (num_class_embeds={self.num_classes}), "
+                             f"got {sorted(set(y.tolist()))}")
         dtype = self.unet.dtype
         out = self.unet(x.to(dtype), timestep, class_labels=y, return_dict=False)[0]
         return out[:, : self.channels].to(x.dtype)

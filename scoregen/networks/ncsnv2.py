@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import NetworkScoreModel
+from ..models import NetworkScoreModel, _on_host
 from ..schedules import DiscreteVE
 from .base import ScoreNetwork
 
@@ -327,15 +327,19 @@ class NCSNv2(ScoreNetwork):
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must have shape (B,) = ({batch},) or be a scalar, got shape {tuple(t.shape)}")
-        if t.is_floating_point():
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError("time labels must be finite")
-            t = torch.round(t.double())
-        idx = t.long() - self.schedule.first_index
-        if bool(((idx < 0) | (idx >= len(self.sigmas))).any()):
-            lo = self.schedule.first_index
-            raise ValueError(f"time labels must be in {lo}..{lo + len(self.sigmas) - 1}, got {sorted(set(t.tolist()))}")
-        return idx
+        lo, count = self.schedule.first_index, len(self.sigmas)
+
+        def index(t: Tensor) -> tuple[Tensor]:  # on the labels' values, also under torch.func.vmap
+            if t.is_floating_point():
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError("time labels must be finite")
+                t = torch.round(t.double())
+            idx = t.long() - lo
+            if bool(((idx < 0) | (idx >= count)).any()):
+                raise ValueError(f"time labels must be in {lo}..{lo + count - 1}, got {sorted(set(t.tolist()))}")
+            return (idx,)
+
+        return _on_host(index, t)[0]
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x: (B, in_channels, H, W); t: (B,) labels -> the score ``h(x) / sigma_t``, (B, in_channels, H, W)."""
