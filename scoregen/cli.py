@@ -229,11 +229,18 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             print(f"{name:18s} {where:>14s}  {pretrained_recipe(name)['description']}")
             print(f"{'':18s} {'':>14s}  scoregen train {' '.join(train_argv(name))}")
         return 0
+    import torch
+
     argv = train_argv(args.name)
     train_dir, export_dir = os.path.join(args.out, f"{args.name}-train"), os.path.join(args.out, args.name)
     extra = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
-    print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}")
-    code = _cmd_train(parser.parse_args(["train", *argv, "--out", train_dir, *extra]), parser)
+    threads, before = pretrained_recipe(args.name).get("threads"), torch.get_num_threads()
+    print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}" + (f" ({threads} thread(s))" if threads else ""))
+    try:  # the thread count fixes the order of floating-point sums: the recipe's count reproduces the shipped bits
+        torch.set_num_threads(threads or before)
+        code = _cmd_train(parser.parse_args(["train", *argv, "--out", train_dir, *extra]), parser)
+    finally:
+        torch.set_num_threads(before)
     if code:
         return code
     export_checkpoint(train_dir, export_dir, meta={"builtin": args.name, "recipe": pretrained_recipe(args.name)})
