@@ -253,6 +253,7 @@ class DiffusersScoreModel(NetworkScoreModel):
     def __init__(self, unet: torch.nn.Module, scheduler: SchedulerLike, *,
                  time: Optional[Literal["nearest", "fractional"]] = None):
         name, config = _scheduler_config(scheduler)
+        scheduler = {**config, "_class_name": name}  # read once: a folder or object is not parsed again below
         schedule, parameterization = schedule_from_scheduler(scheduler)
         fourier = unet.config.time_embedding_type == "fourier"
         if name in VE_SCHEDULERS and not fourier:
