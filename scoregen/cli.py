@@ -187,7 +187,11 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error("--classifier needs --label Y (the class to guide towards)")
     images = len(net.shape) == 3
     hook = clip_x0(*value_range) if images and value_range and not args.no_clip else None
-    return model, hook, value_range, f"{config['network']['class']} from {args.checkpoint}"
+    name = f"{config['network']['class']} from {args.checkpoint}"
+    if args.label is not None:
+        kind = f"classifier guidance ({args.classifier})" if args.classifier else "classifier-free guidance"
+        name += f", {kind} to class {args.label} with scale {model.scale:g}"
+    return model, hook, value_range, name
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

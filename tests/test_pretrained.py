@@ -181,3 +181,14 @@ def test_an_empty_local_folder_named_like_a_builtin_is_explained(tmp_path, monke
     (tmp_path / "digits-ddpm").mkdir()
     with pytest.raises(FileNotFoundError, match="hides the built-in model"):
         sg.load_checkpoint("digits-ddpm")
+
+
+def test_cli_guides_a_builtin_model_with_the_builtin_classifier(tmp_path, capsys, classifier):
+    import numpy as np
+
+    out = tmp_path / "three.npy"
+    assert main(["sample", "--checkpoint", "digits-ncsn", "--classifier", "digits-classifier", "--label", "3",
+                 "--guidance-scale", "2", "--sampler", "ddim", "-n", "50", "--out", str(out), "--no-progress"]) == 0
+    assert "classifier guidance (digits-classifier) to class 3 with scale 2" in capsys.readouterr().out
+    report = judge(classifier, torch.from_numpy(np.load(out)), torch.full((10,), 0.1), torch.full((50,), 3))
+    assert report["requested_rate"] > 0.8, report
