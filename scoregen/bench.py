@@ -126,5 +126,6 @@ def plot_bench(rows: Sequence[BenchRow], path: str, title: str = "") -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .bench import DEFAULT_BUDGETS
+from .errors import ScoregenError
 from .samplers import SAMPLERS, sampler_options
 
 # Which flags belong to which sampler, read off the samplers' own options: a flag given to a sampler
@@ -34,6 +38,27 @@ def _positive_int(value: str) -> int:
     return v
 
 
+def _seed(value: str) -> int:
+    """A seed for torch.Generator: an integer in [0, 2**63)."""
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must lie in 0 .. 2**63 - 1, got {v}")
+    return v
+
+
+def _finite_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scoregen", description="Train, sample and benchmark score-based / diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,19 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm")
     s.add_argument("--steps", type=_positive_int, help="ddpm/ddim: number of levels (evenly spaced trained steps)")
     s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default beta_tilde)")
-    s.add_argument("--eta", type=float, help="ddim: 0 deterministic .. 1 ancestral (default 0)")
+    s.add_argument("--eta", type=_finite_float, help="ddim: 0 deterministic .. 1 ancestral (default 0)")
     s.add_argument("--levels", type=_positive_int,
                    help="langevin: number of noise levels L (default 10, more in high dimension)")
     s.add_argument("--steps-per-level", type=_positive_int, help="langevin: steps per level T (default 100)")
-    s.add_argument("--step-lr", type=float, help="langevin: step size at the smallest sigma (reference-code convention)")
-    s.add_argument("--sigma-max", type=float, help="langevin: largest noise level")
-    s.add_argument("--sigma-min", type=float, help="langevin: smallest noise level")
+    s.add_argument("--step-lr", type=_finite_float, help="langevin: step size at the smallest sigma (reference-code convention)")
+    s.add_argument("--sigma-max", type=_finite_float, help="langevin: largest noise level")
+    s.add_argument("--sigma-min", type=_finite_float, help="langevin: smallest noise level")
     s.add_argument("--final-denoise", action="store_true", default=None, help="langevin: NCSNv2's final denoising step")
     s.add_argument("--label", type=int, help="sample the class LABEL under exact classifier guidance")
-    s.add_argument("--guidance-scale", type=float, help="guidance scale: classifier gamma (default 1: the exact "
+    s.add_argument("--guidance-scale", type=_finite_float, help="guidance scale: classifier gamma (default 1: the exact "
                                                            "conditional) or classifier-free w (default 0: the conditional model)")
     s.add_argument("-n", type=_positive_int, default=1000, help="number of samples (default 1000)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--batch-size", type=_positive_int,
+                   help="sample in batches of at most this many (default: the largest batch estimated to fit in memory)")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     s.add_argument("--out", required=True, help="output file OUT.npy: float32 array of shape (n, *sample shape)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -78,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, required=True)
     t.add_argument("--out", required=True, help="checkpoint folder")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out (its files only; "
+                                                            "without --resume or --overwrite an existing checkpoint is refused)")
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--lr", type=_finite_float, default=2e-4)
     t.add_argument("--checkpoint-every", type=_positive_int, default=1000)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -94,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("name", help="a built-in model's name, e.g. digits-ddpm")
     pb.add_argument("--out", required=True, help="folder for the training checkpoint (OUT/NAME-train) and the export (OUT/NAME)")
     pb.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT/NAME-train")
+    pb.add_argument("--overwrite", action="store_true", help="start OUT/NAME-train afresh, replacing the checkpoint there")
     pb.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     b = sub.add_parser("bench", help="every sampler at several NFE budgets on an exact target: a comparison table")
@@ -102,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     budgets = ",".join(map(str, DEFAULT_BUDGETS))
     b.add_argument("--budgets", default=budgets, help=f"comma-separated NFE budgets (default {budgets})")
     b.add_argument("-n", type=_positive_int, default=10000, help="samples per run (default 10000)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=_seed, default=0)
     b.add_argument("--label", type=int, help="benchmark classifier-guided sampling of this class")
-    b.add_argument("--guidance-scale", type=float, help="classifier guidance scale with --label (default 1)")
+    b.add_argument("--guidance-scale", type=_finite_float, help="classifier guidance scale with --label (default 1)")
     b.add_argument("--csv", help="also write the table to this CSV file")
     b.add_argument("--plot", help="also save a plot of quality against NFE to this PNG (needs matplotlib)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -114,11 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from .io import atomic_write, save_image_grid
+    from .io import atomic_write, check_output_file, save_image_grid
     from .samplers import sample
 
     if not args.out.endswith(".npy"):
         parser.error(f"--out must name a .npy file, got {args.out!r}")
+    if args.grid is not None and not args.grid.lower().endswith(".png"):
+        parser.error(f"--grid must name a .png file, got {args.grid!r}")
+    if args.grid is not None and os.path.abspath(args.grid) == os.path.abspath(args.out):
+        parser.error("--grid and --out name the same file")
     given = {k for k in set().union(*SAMPLER_FLAGS.values()) if getattr(args, k) is not None}
     stray = sorted(given - SAMPLER_FLAGS[args.sampler])
     if stray:
@@ -130,16 +164,19 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     if args.checkpoint is None and (args.classifier or args.grid or args.no_clip):
         parser.error("--classifier, --grid and --no-clip apply to --checkpoint models")
+    for path in (args.out, args.grid):  # before any work: a bad destination must not cost a sampling run
+        if path is not None:
+            check_output_file(path)
     model, x0_hook, value_range, name = _sampling_model(args, parser)
+    if args.grid and len(model.shape) != 3:
+        parser.error(f"--grid needs an image model (samples of shape (C, H, W)); this one samples shape {tuple(model.shape)}")
     options = {k: getattr(args, k) for k in given}
-    result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook,
+    result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook, batch_size=args.batch_size,
                     progress=False if args.no_progress else None, **options)
     arr = result.samples.to(torch.float32).cpu().numpy()
     with atomic_write(args.out, "wb") as f:
         np.save(f, arr)
     if args.grid:
-        if arr.ndim != 4:
-            parser.error(f"--grid needs image samples (n, C, H, W), got shape {arr.shape}")
         save_image_grid(result.samples, args.grid, value_range)
     opts = " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "defaults"
     shape = " x ".join(map(str, arr.shape))
@@ -198,9 +235,13 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import torch
 
     from .data import load_data
+    from .io import check_output_dir
     from .training import TrainConfig, train
     from .training.recipes import default_network
 
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the checkpoint in --out and --overwrite replaces it: give one of them")
+    check_output_dir(args.out)  # before loading data or building the network
     data = load_data(args.data, seed=args.seed)
     torch.manual_seed(args.seed)  # network initialisation
     net = default_network(data.x, args.objective, data.num_classes, args.conditional)
@@ -210,9 +251,14 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     meta = {"data": {"spec": args.data, "name": data.name, "shape": list(data.shape),
                      "value_range": list(data.value_range) if data.value_range else None, "num_classes": data.num_classes}}
     summary = train(net, data.x, data.y if (args.conditional or args.objective == "classifier") else None, config,
-                    args.out, resume=args.resume, meta=meta, progress=False if args.no_progress else None)
-    print(f"trained {type(net).__name__} ({args.objective}) on {data.name} for {args.steps} steps: "
-          f"running loss {summary['running_loss']:.4f}; checkpoint in {args.out}")
+                    args.out, resume=args.resume, overwrite=args.overwrite, meta=meta,
+                    progress=False if args.no_progress else None)
+    start, end = summary["start_step"], summary["end_step"]
+    if start == end:
+        print(f"the checkpoint in {args.out} is already at step {end} (--steps {args.steps}): nothing to train")
+    else:
+        print(f"trained {type(net).__name__} ({args.objective}) on {data.name} from step {start} to {end}: "
+              f"running loss {summary['running_loss']:.4f}; checkpoint in {args.out}")
     return 0
 
 
@@ -220,7 +266,7 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     import os
 
     from .io import export_checkpoint
-    from .pretrained import pretrained_names, pretrained_path, pretrained_recipe, train_argv
+    from .pretrained import build_environment, pretrained_names, pretrained_path, pretrained_recipe, train_argv
 
     if args.action == "list":
         for name in pretrained_names():
@@ -237,7 +283,7 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
     argv = train_argv(args.name)
     train_dir, export_dir = os.path.join(args.out, f"{args.name}-train"), os.path.join(args.out, args.name)
-    extra = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+    extra = ["--resume"] * args.resume + ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
     threads, before = pretrained_recipe(args.name).get("threads"), torch.get_num_threads()
     print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}" + (f" ({threads} thread(s))" if threads else ""))
     try:  # the thread count fixes the order of floating-point sums: the recipe's count reproduces the shipped bits
@@ -247,7 +293,8 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         torch.set_num_threads(before)
     if code:
         return code
-    export_checkpoint(train_dir, export_dir, meta={"builtin": args.name, "recipe": pretrained_recipe(args.name)})
+    export_checkpoint(train_dir, export_dir, meta={"builtin": args.name, "recipe": pretrained_recipe(args.name),
+                                                   "built_on": build_environment()})
     print(f"exported the EMA weights to {export_dir}; to ship them, replace scoregen/pretrained/{args.name} with it")
     return 0
 
@@ -256,9 +303,16 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from .bench import format_table, plot_bench, rows_to_csv, run_bench
     from .targets import load_target
 
+    from .io import check_output_file
+
     if args.guidance_scale is not None and args.label is None:
         parser.error("--guidance-scale needs --label Y (the class to guide towards)")
     scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    for flag, path, suffix in (("--csv", args.csv, ".csv"), ("--plot", args.plot, ".png")):
+        if path is not None:
+            if not path.lower().endswith(suffix):
+                parser.error(f"{flag} must name a {suffix} file, got {path!r}")
+            check_output_file(path)
 
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = [s for s in samplers if s not in SAMPLERS]
@@ -290,16 +344,36 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+#: What a command may fail with, each with a message that names the problem; anything else is a bug in scoregen.
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, MemoryError, ScoregenError)
+
+
+def _describe(e: BaseException) -> str:
+    """The message of an expected error; an OSError from the system gets its file name and reason in plain words."""
+    if isinstance(e, OSError) and not isinstance(e, ScoregenError) and e.strerror:
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+        return f"{where}: {e.strerror}" if where else e.strerror
+    return str(e) or type(e).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained, "bench": _cmd_bench}[args.command]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"scoregen {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained,
-                   "bench": _cmd_bench}[args.command]
-        return command(args, parser)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
-        print(f"scoregen {args.command}: error: {e}", file=sys.stderr)
+        with warnings.catch_warnings():  # warnings in the command's own words, not Python's file:line form
+            warnings.showwarning = show_warning
+            return command(args, parser)
+    except EXPECTED_ERRORS as e:
+        print(f"scoregen {args.command}: error: {_describe(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"scoregen {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .models import Level, ModelTransform, ScoreModel, _col
+from .models import Level, ModelTransform, ScoreModel, _col, class_labels
 
 __all__ = [
     "LikelihoodGuidance",
@@ -40,6 +40,28 @@ Classifier = Callable[[Tensor, Level, Level], Tensor]
 LogLikelihood = Callable[[Tensor, Level, Level, Optional[Tensor]], Tensor]
 
 _NEEDS_LABEL = "classifier guidance needs a class label: pass y=... to sample()"
+
+#: The largest classifier / classifier-free guidance scale accepted. Published settings are 1-10 (classifier
+#: guidance, Dhariwal & Nichol 2021: gamma <= 10; classifier-free, Ho & Salimans 2022: w <= 4; Imagen and
+#: latent diffusion up to about 30). Far above that, the guidance term is orders of magnitude larger than the
+#: score: every sampler then overshoots (DDIM at gamma = 1e6 lands at |x| ~ 150 on ring2d, whose data has
+#: |x| ~ 2) or, under x0 clipping, piles the samples on the clipping bounds, with no error to show for it.
+MAX_GUIDANCE_SCALE = 100.0
+
+
+def _check_scale(scale: float, what: str, max_scale: Optional[float]) -> float:
+    """A finite scale >= 0, and at most ``max_scale`` when given (see :data:`MAX_GUIDANCE_SCALE`); ``what`` names it."""
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {type(scale).__name__}") from None
+    if not (scale >= 0 and math.isfinite(scale)):
+        raise ValueError(f"{what} must be finite and >= 0, got {scale}")
+    if max_scale is not None and scale > max_scale:
+        raise ValueError(f"{what} = {scale:g} is beyond any published setting: it must be at most "
+                         f"{max_scale:g} (usable range [0, {max_scale:g}]; published settings are 1-10). Far above that "
+                         "the guidance term dwarfs the model's score and the samples follow neither the class nor the data")
+    return scale
 
 
 class LikelihoodGuidance(ModelTransform):
@@ -66,15 +88,18 @@ class LikelihoodGuidance(ModelTransform):
 
     #: When set, a query without a label is refused with this message (classifier guidance).
     _label_required: Optional[str] = None
+    #: The largest scale accepted: None here, since a user's log-likelihood carries its own normalisation
+    #: (a measurement's 1 / sigma_y^2, say) and any finite gamma >= 0 may be meaningful for it.
+    max_scale: Optional[float] = None
+    role = "the guidance"
 
     def __init__(self, model: ScoreModel, log_likelihood: LogLikelihood, scale: float = 1.0):
         super().__init__(model)
-        if not (scale >= 0 and math.isfinite(scale)):
-            raise ValueError(f"guidance scale must be finite and >= 0, got {scale}")
+        scale = _check_scale(scale, "guidance scale", self.max_scale)
         if not callable(log_likelihood):
             raise TypeError(f"log_likelihood must be callable as log_likelihood(x, sigma, m, y) -> (batch,), "
                             f"got {type(log_likelihood).__name__}")
-        self.log_likelihood, self.scale = log_likelihood, float(scale)
+        self.log_likelihood, self.scale = log_likelihood, scale
 
     def grad_log_likelihood(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         """``grad_x log p(y | x_t)`` at the caller's level, shaped like x (autograd, also inside ``torch.no_grad``)."""
@@ -127,9 +152,7 @@ def classifier_log_likelihood(classifier: Classifier) -> LogLikelihood:
         log_p = torch.log_softmax(classifier(x, sigma, m), dim=-1)
         if log_p.ndim != 2 or log_p.shape[0] != x.shape[0]:
             raise ValueError(f"the classifier must return logits of shape (batch, classes), got {tuple(log_p.shape)}")
-        y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(x.shape[0])
-        if bool(((y < 0) | (y >= log_p.shape[1])).any()):
-            raise ValueError(f"class labels must be in 0..{log_p.shape[1] - 1} (the classifier's classes), got {sorted(set(y.tolist()))}")
+        y = class_labels(y, x.shape[0], x.device, log_p.shape[1], "the classifier's ")
         return log_p.gather(1, y.reshape(-1, 1))[:, 0]
 
     log_likelihood.__doc__ = f"log p(y | x_t) = log_softmax(classifier(x, sigma, m))[y] of {classifier!r}, shape (B,)."
@@ -143,10 +166,13 @@ class ClassifierGuidance(LikelihoodGuidance):
     when both the model and the classifier are exact; gamma > 1 sharpens towards the class. The label
     comes from the query (``sample(..., y=3)``); the wrapped model itself is queried without it.
     The classifier's gradient is taken by autograd and is not counted as a network evaluation.
-    This is :class:`LikelihoodGuidance` with :func:`classifier_log_likelihood`.
+    This is :class:`LikelihoodGuidance` with :func:`classifier_log_likelihood`. gamma must be in
+    [0, :data:`MAX_GUIDANCE_SCALE` = 100]: published settings are 1-10, and far above that the guidance term
+    dwarfs the score (samples overshoot the data, or pile up on an x0 hook's clipping bounds).
     """
 
     _label_required = _NEEDS_LABEL
+    max_scale = MAX_GUIDANCE_SCALE
 
     def __init__(self, model: ScoreModel, classifier: Classifier, scale: float = 1.0):
         super().__init__(model, classifier_log_likelihood(classifier), scale)
@@ -159,19 +185,20 @@ class ClassifierFreeGuidance(ModelTransform):
     ``model`` is class-conditional; ``null_label`` is the label it was trained to treat as "no class"
     (None: call the model without a label, as exact targets take it). w = 0 is the conditional model;
     for exact models it equals classifier guidance with gamma = 1 + w. NFE counts one query per step,
-    each of which evaluates the network twice (conditional and unconditional, in one batch).
+    each of which evaluates the network twice (conditional and unconditional, in one batch). w must be in
+    [0, :data:`MAX_GUIDANCE_SCALE` = 100] (published settings: w <= 4 in Ho & Salimans, about 30 at most elsewhere).
     """
+
+    role = "the guidance"
 
     def __init__(self, model: ScoreModel, null_label: Optional[int], scale: float = 0.0):
         super().__init__(model)
-        if not (scale >= 0 and math.isfinite(scale)):
-            raise ValueError(f"guidance scale w must be finite and >= 0, got {scale}")
-        self.null_label, self.scale = null_label, float(scale)
+        self.null_label, self.scale = null_label, _check_scale(scale, "guidance scale w", MAX_GUIDANCE_SCALE)
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         if y is None:
             raise ValueError("classifier-free guidance needs a class label: pass y=... to sample()")
-        y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(x.shape[0])
+        y = class_labels(y, x.shape[0], x.device)
         if self.scale == 0.0:
             return self.model.eps(x, sigma, m, y)
         if self.null_label is None:

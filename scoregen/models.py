@@ -16,6 +16,7 @@ trained in one family answers queries from the other.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Literal, Optional, Union
 
 import numpy as np
@@ -39,6 +40,8 @@ __all__ = [
     "dynamic_threshold",
     "to_eps",
     "from_eps",
+    "check_like",
+    "class_labels",
 ]
 
 
@@ -51,6 +54,64 @@ def _col(v: Level, x: Tensor) -> Level:
             raise ValueError(f"a per-sample noise level must have shape (batch,) = {tuple(x.shape[:1])}, got {tuple(v.shape)}")
         return v.to(x).reshape(-1, *([1] * (x.ndim - 1)))
     return v
+
+
+def check_like(out, like: Tensor, what: str) -> Tensor:
+    """``out`` if it is a tensor with exactly ``like``'s shape, dtype and device; else a ValueError naming ``what``.
+
+    Only metadata is read (no computation, no device sync). Samplers update their state in place with
+    what a model returns, so a broadcastable shape, another dtype (silently cast) or another device (the
+    meta device makes the update a no-op) would give wrong samples instead of an error.
+    """
+    if not isinstance(out, Tensor):
+        raise ValueError(f"{what} must return a tensor with x's shape, dtype and device: expected a Tensor, "
+                         f"got {type(out).__name__}")
+    wrong = [f"{k} {want}, got {got}" for k, want, got in (("shape", tuple(like.shape), tuple(out.shape)),
+                                                            ("dtype", like.dtype, out.dtype),
+                                                            ("device", like.device, out.device)) if want != got]
+    if wrong:
+        raise ValueError(f"{what} must return a tensor with x's shape, dtype and device: expected " + "; expected ".join(wrong))
+    return out
+
+
+def network_input(x_in: Tensor, x: Tensor, read_after: bool) -> Tensor:
+    """The tensor to hand a network for its input ``x_in`` (``x`` or a rescaled copy of it): never ``x`` itself.
+
+    ``x`` is a sampler's live state, updated in place, and a network may write to its input (in-place
+    activations, ``x.mul_``): it gets a tensor of its own. ``read_after``: the caller reads ``x_in`` again
+    after the call (to convert an x0 or v output to eps), so ``x_in`` must stay untouched as well.
+    """
+    return x_in.clone() if read_after or x_in is x else x_in
+
+
+def class_labels(y, batch: int, device: Union[str, torch.device, None], num_classes: Optional[int] = None,
+                 who: str = "") -> Tensor:
+    """Class labels as an int64 tensor of shape (batch,), from an int or an integer tensor/array of shape (), (1,) or (batch,).
+
+    Refuses bools, floats (``int(2.7)`` would quietly be class 2) and a wrong length; with ``num_classes``,
+    also a class outside ``0..num_classes - 1`` (reading the values: one host sync). ``who`` prefixes the message.
+    """
+    if isinstance(y, (bool, np.bool_)) or (isinstance(y, Tensor) and y.dtype == torch.bool) or \
+            (isinstance(y, np.ndarray) and y.dtype == np.bool_):
+        raise ValueError(f"{who}class labels must be integers, got booleans")
+    if isinstance(y, numbers.Integral):
+        labels = torch.tensor(int(y), device=device)
+    else:
+        try:
+            labels = torch.as_tensor(y, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{who}class labels must be an int or an integer tensor of shape (batch,), got {type(y).__name__}") from None
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"{who}class labels must be integers, got dtype {labels.dtype}"
+                             + (f" ({labels.item()!r})" if labels.numel() == 1 else ""))
+    labels = labels.long().reshape(-1)
+    if labels.numel() not in (1, batch):
+        raise ValueError(f"{who}class labels must be one label or one per sample, shape ({batch},), got {labels.numel()} labels")
+    if num_classes is not None:
+        outside = (labels < 0) | (labels >= num_classes)
+        if bool(outside.any()):
+            raise ValueError(f"{who}class labels must be in 0..{num_classes - 1}, got {labels[outside].unique()[:10].tolist()}")
+    return labels.expand(batch)
 
 
 class _OnHost(torch.autograd.Function):
@@ -273,12 +334,11 @@ class NetworkScoreModel(ScoreModel):
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
-        out = self.net(x_in, t) if y is None else self.net(x_in, t, y)
+        net_in = network_input(x_in, x, read_after=self.parameterization in ("x0", "v"))
+        out = self.net(net_in, t) if y is None else self.net(net_in, t, y)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
-        if out is x:
-            out = out.clone()  # samplers update x in place; eps must not be the same tensor
         return to_eps(out, x_in, m_t, sigma_t, self.parameterization)
 
     def __repr__(self) -> str:
@@ -299,7 +359,13 @@ class NetworkClassifier:
 
 
 class ModelTransform(ScoreModel):
-    """A score model built from another one (guidance, x0 hooks): forwards shape, schedule, sigma_range."""
+    """A score model built from another one (guidance, x0 hooks): forwards shape, schedule, sigma_range.
+
+    ``model`` is the wrapped model; ``role`` says what the transform is in an error message ("the guidance",
+    "the x0 hook"), where :func:`scoregen.sample` names the part of a model stack that returned NaN or inf.
+    """
+
+    role = "the model transform"
 
     def __init__(self, model: ScoreModel):
         self.model = model
@@ -324,14 +390,24 @@ class X0Hook(ModelTransform):
     ``clip_sample``): ``eps' = (x - m * hook(x0_hat)) / sigma``. Every sampler gets it for free.
     """
 
+    role = "the x0 hook"
+
     def __init__(self, model: ScoreModel, hook: Callable[[Tensor], Tensor]):
         super().__init__(model)
+        if not callable(hook):
+            raise TypeError(f"x0_hook must be callable as hook(x0) -> x0, got {type(hook).__name__}")
         self.hook = hook
+
+    @property
+    def hook_name(self) -> str:
+        return getattr(self.hook, "__name__", type(self.hook).__name__)
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         _require_positive("sigma", sigma, "to apply an x0 hook")
         m_, sigma_ = _col(m, x), _col(sigma, x)
-        x0 = self.hook((x - sigma_ * self.model.eps(x, sigma, m, y)) / m_)
+        x0_hat = (x - sigma_ * self.model.eps(x, sigma, m, y)) / m_
+        # metadata only, on every call: a hook that broadcasts, casts or moves x0 would silently change eps
+        x0 = check_like(self.hook(x0_hat), x0_hat, f"the x0 hook {self.hook_name}")
         return (x - m_ * x0) / sigma_
 
 
@@ -339,7 +415,12 @@ def clip_x0(low: float = -1.0, high: float = 1.0) -> Callable[[Tensor], Tensor]:
     """An x0 hook that clips to the data range [low, high] (DDPM's image samplers)."""
     if not low < high:
         raise ValueError(f"clip range must have low < high, got [{low}, {high}]")
-    return lambda x0: x0.clamp(low, high)
+
+    def hook(x0: Tensor) -> Tensor:
+        return x0.clamp(low, high)
+
+    hook.__name__ = f"clip_x0({low:g}, {high:g})"  # how error messages name it
+    return hook
 
 
 def dynamic_threshold(percentile: float = 0.995, max_value: float = 1.0) -> Callable[[Tensor], Tensor]:
@@ -354,4 +435,5 @@ def dynamic_threshold(percentile: float = 0.995, max_value: float = 1.0) -> Call
         s = s.to(x0).reshape(-1, *([1] * (x0.ndim - 1)))
         return x0.clamp(-s, s) / s * max_value
 
+    hook.__name__ = f"dynamic_threshold({percentile:g}, max_value={max_value:g})"
     return hook

@@ -16,6 +16,8 @@ from typing import Union
 
 import numpy as np
 
+from ._checks import check_int, short
+
 Array = Union[float, np.ndarray]
 
 __all__ = [
@@ -28,7 +30,12 @@ __all__ = [
     "transition",
     "schedule_from_config",
     "ncsnv2_levels",
+    "MAX_LEVELS",
 ]
+
+#: The most levels a discrete schedule may have (DDPM's T, NCSN's L; the published ones use 1000 and 232).
+#: The bound is checked before any array is made, so an edited config cannot allocate gigabytes.
+MAX_LEVELS = 100_000
 
 
 def m_sigma_from_log_snr(log_snr: Array, variance_preserving: bool) -> tuple[Array, Array]:
@@ -65,11 +72,8 @@ def transition(m_t: float, sigma_t: float, m_s: float, sigma_s: float) -> tuple[
     return alpha_ts, beta_ts, beta_ts * sigma_s**2 / sigma_t**2
 
 
-def check_count(name: str, value) -> int:
-    """A positive integer option (a step or level count); 2.7 steps is an error, not 2."""
-    if isinstance(value, bool) or not float(value).is_integer() or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def _check_first_index(first_index) -> int:
+    return check_int("first_index (the label of the first level)", first_index, -2**31, 2**31 - 1)
 
 
 def _normal_cdf(v: float) -> float:
@@ -96,9 +100,11 @@ def ncsnv2_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
 
 
 def _check_1d_finite(name: str, values: np.ndarray) -> np.ndarray:
+    if hasattr(values, "__len__") and len(values) > MAX_LEVELS:  # before converting: a huge list is refused unread
+        raise ValueError(f"{name} has {len(values)} entries; a schedule has at most MAX_LEVELS = {MAX_LEVELS} levels")
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {values.shape}")
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape {values.shape}")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} must be finite; found NaN or inf at positions {np.flatnonzero(~np.isfinite(values))[:5].tolist()}")
     return values
@@ -145,7 +151,7 @@ class _Discrete(Schedule):
     """A finite set of trained levels with integer labels; fractional labels interpolate log-SNR."""
 
     def __init__(self, log_snr_per_label: np.ndarray, first_index: int):
-        self.first_index = int(first_index)
+        self.first_index = _check_first_index(first_index)
         self.labels = np.arange(len(log_snr_per_label), dtype=np.float64) + self.first_index
         self._lsnr = np.asarray(log_snr_per_label, dtype=np.float64)
         order = np.argsort(self._lsnr)
@@ -181,7 +187,7 @@ class _Discrete(Schedule):
     def grid(self, steps: int | None = None) -> np.ndarray:
         if steps is None:
             return self.times.copy()
-        steps = check_count("steps", steps)
+        steps = check_int("steps", steps)
         if steps > len(self):
             raise ValueError(f"steps must be between 1 and the {len(self)} trained levels, got {steps}")
         idx = np.unique(np.round(np.linspace(0, len(self) - 1, steps)).astype(np.int64))
@@ -200,6 +206,7 @@ class DiscreteVP(_Discrete):
     variance_preserving = True
 
     def __init__(self, betas, first_index: int = 1):
+        first_index = _check_first_index(first_index)
         beta = _check_1d_finite("betas", betas)
         bad = np.flatnonzero((beta <= 0) | (beta >= 1))
         if bad.size:
@@ -217,17 +224,19 @@ class DiscreteVP(_Discrete):
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, first_index: int = 1) -> "DiscreteVP":
-        """Ho et al. (2020): betas linear from 1e-4 to 0.02 over T = 1000 steps."""
-        out = cls(np.linspace(beta_start, beta_end, int(T), dtype=np.float64), first_index)
-        out._config = {"recipe": "linear", "T": int(T), "beta_start": beta_start, "beta_end": beta_end, "first_index": first_index}
+        """Ho et al. (2020): betas linear from 1e-4 to 0.02 over T = 1000 steps (T at most MAX_LEVELS)."""
+        T = check_int("T (the number of levels)", T, 1, MAX_LEVELS)
+        out = cls(np.linspace(beta_start, beta_end, T, dtype=np.float64), first_index)
+        out._config = {"recipe": "linear", "T": T, "beta_start": beta_start, "beta_end": beta_end, "first_index": out.first_index}
         return out
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999, first_index: int = 1) -> "DiscreteVP":
-        """Nichol & Dhariwal (2021), eq. 17: abar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2)."""
-        f = np.cos((np.arange(int(T) + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+        """Nichol & Dhariwal (2021), eq. 17: abar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2); T at most MAX_LEVELS."""
+        T = check_int("T (the number of levels)", T, 1, MAX_LEVELS)
+        f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
         out = cls(np.minimum(1.0 - f[1:] / f[:-1], max_beta), first_index)
-        out._config = {"recipe": "cosine", "T": int(T), "s": s, "max_beta": max_beta, "first_index": first_index}
+        out._config = {"recipe": "cosine", "T": T, "s": s, "max_beta": max_beta, "first_index": out.first_index}
         return out
 
     @property
@@ -253,6 +262,7 @@ class DiscreteVE(_Discrete):
     variance_preserving = False
 
     def __init__(self, sigmas, first_index: int = 0):
+        first_index = _check_first_index(first_index)
         sig = _check_1d_finite("sigmas", sigmas)
         if np.any(sig <= 0):
             raise ValueError(f"every sigma must be positive, got min {sig.min()!r}")
@@ -268,12 +278,11 @@ class DiscreteVE(_Discrete):
 
     @classmethod
     def geometric(cls, sigma_max: float = 1.0, sigma_min: float = 0.01, L: int = 10, first_index: int = 0) -> "DiscreteVE":
-        """Song & Ermon (2019): L sigmas in geometric progression from sigma_max down to sigma_min."""
+        """Song & Ermon (2019): L sigmas in geometric progression from sigma_max down to sigma_min (2 <= L <= MAX_LEVELS)."""
         if not (sigma_max > sigma_min > 0):
             raise ValueError(f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max!r}, sigma_min={sigma_min!r}")
-        if int(L) < 2:
-            raise ValueError(f"a geometric sigma sequence needs L >= 2 levels, got {L}")
-        return cls(np.geomspace(sigma_max, sigma_min, int(L)), first_index)
+        L = check_int("L (the number of levels of a geometric sequence)", L, 2, MAX_LEVELS)
+        return cls(np.geomspace(sigma_max, sigma_min, L), first_index)
 
     def __repr__(self) -> str:
         return f"DiscreteVE(L={len(self)}, sigma=[{self.sigmas[0]:.4g}..{self.sigmas[-1]:.4g}], first_index={self.first_index})"
@@ -294,7 +303,7 @@ class _Continuous(Schedule):
 
     def grid(self, steps: int | None = None) -> np.ndarray:
         """``steps`` uniform times from t_max down to t_min (default 1000)."""
-        steps = 1000 if steps is None else check_count("steps", steps)
+        steps = 1000 if steps is None else check_int("steps", steps)
         return np.linspace(self.t_max, self.t_min, steps)
 
 
@@ -354,8 +363,11 @@ class ContinuousVE(_Continuous):
 def schedule_from_config(config: dict) -> Schedule:
     """Rebuild a schedule from :meth:`Schedule.to_config`; an unknown type or field is a clear error."""
     kinds = {"DiscreteVP": DiscreteVP, "DiscreteVE": DiscreteVE, "ContinuousVP": ContinuousVP, "ContinuousVE": ContinuousVE}
+    if not isinstance(config, dict):
+        raise ValueError(f"a schedule config is a dict with a 'type' (see Schedule.to_config()), got {type(config).__name__}")
     cfg = dict(config)
-    kind = kinds.get(cfg.pop("type", None))
+    kind = cfg.pop("type", None)
+    kind = kinds.get(kind) if isinstance(kind, str) else None
     if kind is None:
         raise ValueError(f"unknown schedule type {config.get('type')!r}; expected one of {sorted(kinds)}")
     recipe = cfg.pop("recipe", None)
@@ -364,5 +376,5 @@ def schedule_from_config(config: dict) -> Schedule:
         raise ValueError(f"unknown {kind.__name__} recipe {recipe!r}; expected 'linear' or 'cosine'")
     try:
         return build(**cfg)
-    except TypeError as e:
-        raise ValueError(f"bad {kind.__name__} config {config}: {e}") from None
+    except (TypeError, OverflowError) as e:  # unknown or missing fields, or values of the wrong type
+        raise ValueError(f"bad {kind.__name__} config {short(config, 300)}: {e}") from None

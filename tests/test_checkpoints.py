@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import scoregen as sg
-from scoregen.io import load_checkpoint, read_checkpoint_config, save_checkpoint
+from scoregen.io import _config_sha256, load_checkpoint, read_checkpoint_config, save_checkpoint
 from scoregen.networks import MLPClassifier, MLPScoreNet
 from scoregen.training import TrainConfig, train
 
@@ -63,6 +63,7 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     path = tmp_path / "ck" / "config.json"
     config = json.loads(path.read_text())
     config["network"]["config"]["hidden"] = 64  # the weights are for hidden=32
+    config["config_sha256"] = _config_sha256(config)  # sealed again: a deliberate edit, not damage
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not fit"):
         load_checkpoint(tmp_path / "ck")
@@ -91,7 +92,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     ema_a, _ = load_checkpoint(tmp_path / "a")
     ema_b, _ = load_checkpoint(tmp_path / "b")
     assert _same_weights(ema_a, ema_b)
-    assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "ema-40.safetensors", "trainer-40.pt", "weights-40.safetensors"]
+    assert sorted(n for n in os.listdir(tmp_path / "b") if n != ".scoregen.lock") == ["config.json", "ema-40.safetensors", "trainer-40.pt", "weights-40.safetensors"]
 
 
 def test_resume_refuses_a_different_network_or_config(tmp_path):

@@ -378,7 +378,7 @@ def test_conditional_keeps_the_right_components():
     np.testing.assert_allclose(c1.weights, [0.1 / 0.4, 0.3 / 0.4], rtol=1e-12)
     np.testing.assert_array_equal(c1.means, [MU[0], MU[2]])
     np.testing.assert_array_equal(c1.stds, [S[0], S[2]])
-    np.testing.assert_array_equal(c1.labels, [1, 1])
+    np.testing.assert_array_equal(c1.labels, [0, 0])  # a one-class mixture: its classes are dense, 0..C-1
     c0 = gm.conditional(0)
     np.testing.assert_allclose(c0.weights, [1.0])
     np.testing.assert_array_equal(c0.means, [MU[1]])

@@ -39,7 +39,6 @@ diffusers' inference grid (scoregen's ``steps`` picks evenly spaced trained leve
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Union
@@ -48,7 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models import Level, NetworkScoreModel, clip_x0, to_eps
+from ..io import MAX_CONFIG_BYTES, read_json
+from ..models import Level, NetworkScoreModel, clip_x0, network_input, to_eps
 from ..schedules import ContinuousVE, DiscreteVP, Schedule
 
 __all__ = [
@@ -87,10 +87,7 @@ def _scheduler_config(scheduler: SchedulerLike) -> tuple[str, dict]:
         if not file.is_file():
             raise FileNotFoundError(f"no scheduler config at {file}: pass a folder holding scheduler_config.json, "
                                     "the JSON file itself, a config dict or a diffusers scheduler object")
-        with open(file) as f:
-            config = json.load(f)
-        if not isinstance(config, dict):
-            raise ValueError(f"{file} does not hold a JSON object")
+        config = _read_json(file)
         name = config.get("_class_name")
         where = str(file)
     elif isinstance(scheduler, Mapping):
@@ -278,7 +275,7 @@ class DiffusersScoreModel(NetworkScoreModel):
         # NCSN++: hand the UNet the matched sigma itself (in float64 until the call), not a float32 time label
         x_in, _, m_t, sigma_t = self.levels(x, sigma, m)
         s = torch.as_tensor(sigma_t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        return to_eps(self.net.at_sigma(x_in, s, y), x_in, m_t, sigma_t, "score")
+        return to_eps(self.net.at_sigma(network_input(x_in, x, read_after=False), s, y), x_in, m_t, sigma_t, "score")
 
     def __repr__(self) -> str:
         return (f"DiffusersScoreModel({type(self.unet).__name__} {self.shape}, {self.scheduler_class}, "
@@ -308,8 +305,11 @@ def from_diffusers(unet: torch.nn.Module, scheduler: SchedulerLike, *,
 
 
 def _read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """A diffusers config file: a JSON object (ValueError naming the file otherwise)."""
+    config = read_json(path, MAX_CONFIG_BYTES, "a diffusers config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return config
 
 
 def load_diffusers(

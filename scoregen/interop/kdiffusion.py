@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..models import Level, ScoreModel, _col, check_level
+from ..models import Level, ScoreModel, _col, check_level, network_input
 from ..schedules import ContinuousVE
 
 __all__ = ["DenoiserScoreModel", "from_denoiser"]
@@ -63,12 +63,13 @@ class DenoiserScoreModel(ScoreModel):
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         s = self.ve_sigma(x, sigma, m)
         x_ve = x if not isinstance(m, Tensor) and m == 1.0 else x / _col(m, x)
+        d_in = network_input(x_ve, x, read_after=True)  # eps below reads x_ve: D may write to its own copy only
         if y is None:
-            out = self.denoiser(x_ve, s)
+            out = self.denoiser(d_in, s)
         elif self.label_kwarg is None:
-            out = self.denoiser(x_ve, s, y)
+            out = self.denoiser(d_in, s, y)
         else:
-            out = self.denoiser(x_ve, s, **{self.label_kwarg: y})
+            out = self.denoiser(d_in, s, **{self.label_kwarg: y})
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the denoiser returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")

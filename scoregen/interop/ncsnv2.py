@@ -20,22 +20,25 @@ in [0, 1] (``centered=False``), or in [-1, 1] when the config says ``data.rescal
 (``centered=True``); ``net(x, t)`` takes NCSN labels t = 0 .. num_classes - 1, 0 being sigma_begin, and
 returns the score ``h(x) / sigma_t``; its schedule is the config's geometric sigmas, largest first.
 
-Files are read with ``torch.load(..., weights_only=True)``: a checkpoint that holds anything other than
-tensors and plain containers is refused rather than unpickled.
+Files are read with ``torch.load(..., weights_only=True)`` (:func:`scoregen.io.safe_torch_load`, memory-mapped
+when the file allows): a checkpoint that holds anything other than tensors and plain containers is refused
+rather than unpickled. The config is checked first (sizes within the bounds below), the network is built on
+the meta device (no memory) and compared with the checkpoint's tensors, and only then built for real, so an
+edited config cannot allocate gigabytes before it is refused.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from ..io import MAX_CONFIG_BYTES, _tensor_mismatch, read_capped, safe_torch_load
 from ..networks.ncsnv2 import VARIANTS, NCSNv2
-from ..schedules import DiscreteVE
+from ..schedules import MAX_LEVELS, DiscreteVE
 
 __all__ = ["ncsnv2_config", "ncsnv2_network", "load_ncsnv2"]
 
@@ -45,6 +48,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 DATASET_VARIANTS = {"CIFAR10": "ncsnv2", "CELEBA": "ncsnv2", "LSUN": "deeper", "FFHQ": "deepest"}
 _PREFIX = "module."
 _NAMESPACE_TAG = "tag:yaml.org,2002:python/object:argparse.Namespace"
+#: The largest value each integer key may take (published configs: image_size 32..256, channels 3, ngf 128,
+#: num_classes 232..2000): far beyond any real model, small enough that a config never asks for terabytes.
+LIMITS = {"data.image_size": 4096, "data.channels": 64, "model.ngf": 2048, "model.num_classes": MAX_LEVELS}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -69,11 +75,11 @@ def ncsnv2_config(path: PathLike) -> dict:
         pass
 
     _Loader.add_constructor(_NAMESPACE_TAG, lambda loader, node: loader.construct_mapping(node, deep=True))
-    with open(os.fspath(path)) as f:
-        try:
-            config = yaml.load(f, Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{os.fspath(path)}: not a YAML file the safe loader accepts: {e}") from None
+    data = read_capped(path, MAX_CONFIG_BYTES, "an NCSNv2 YAML config")
+    try:
+        config = yaml.load(data, Loader=_Loader)
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ValueError(f"{os.fspath(path)}: not a YAML file the safe loader accepts: {e}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{os.fspath(path)}: an NCSNv2 config is a mapping with 'data' and 'model' sections, "
                          f"got {type(config).__name__}")
@@ -96,9 +102,9 @@ def _get(config: Mapping, key: str) -> Any:
 
 
 def _int(config: Mapping, key: str) -> int:
-    value = _get(config, key)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    value, most = _get(config, key), LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= most:
+        raise ValueError(f"{key} must be a positive integer no larger than {most} (allowed: 1 .. {most}), got {value!r}")
     return int(value)
 
 
@@ -178,22 +184,6 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _read(path: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:  # the unpickler's refusal, or a damaged / foreign file
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-        found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?$)", text, flags=re.M)
-        detail = found.group(1) if found else (text.strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(
-            f"{path}: could not be read with torch.load(weights_only=True), which accepts only tensors and plain "
-            f"containers and executes nothing ({type(e).__name__}: {detail}); the file holds other objects "
-            "(such as pickled code) or is damaged"
-        ) from None
-
-
 def _split(obj: Any, path: str) -> tuple[Mapping, Optional[Mapping]]:
     """``(model state, EMA shadow or None)`` from the original list layout, or a bare state dict."""
     layout = "the original layout [state_dict, optimizer, epoch, step] plus the EMA shadow when model.ema was on"
@@ -227,17 +217,7 @@ def _check(expected: Mapping[str, torch.Size], got: Mapping[str, torch.Tensor], 
     """Raise a ValueError naming missing / unexpected keys and shape mismatches of ``got`` against ``expected``."""
     built = (f"the NCSNv2 built from the config (variant {net.variant!r}, ngf {net.begin_conv.out_channels}, "
              f"{net.shape[0]} channels)")
-    problems = []
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    if missing:
-        problems.append(f"missing keys {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}" + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
-    shapes = [f"{k}: checkpoint {tuple(got[k].shape)}, network {tuple(expected[k])}"
-              for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k])]
-    if shapes:
-        problems.append("shape mismatch " + "; ".join(shapes[:5]) + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else ""))
+    problems = _tensor_mismatch(expected, {k: v.shape for k, v in got.items()})
     if problems:
         raise ValueError(f"{what} does not fit {built}: {'; '.join(problems)}. Is this the checkpoint's own config "
                          "(data.dataset or variant, model.ngf, data.channels)?")
@@ -262,8 +242,10 @@ def load_ncsnv2(checkpoint_path: PathLike, config_path: Union[PathLike, Mapping]
     Loading is strict: a missing or unexpected key, or a shape mismatch, raises a ValueError that names it.
     """
     path = os.fspath(checkpoint_path)
-    net = ncsnv2_network(config_path, variant=variant)
-    model_state, shadow = _split(_read(path), path)
+    config = config_path if isinstance(config_path, Mapping) else ncsnv2_config(config_path)
+    with torch.device("meta"):  # the config's network, checked against the file before any weight is allocated
+        skeleton = ncsnv2_network(config, variant=variant)
+    model_state, shadow = _split(safe_torch_load(path, path, mmap=True), path)
     model_state = _strip(model_state)
     for state in (model_state, shadow or {}):
         spectral = [k for k in state if k.endswith((".weight_orig", ".weight_u", ".weight_v"))]
@@ -271,7 +253,7 @@ def load_ncsnv2(checkpoint_path: PathLike, config_path: Union[PathLike, Mapping]
             raise ValueError(f"{path}: spectrally normalised weights ({spectral[0]}, ...) are not supported: scoregen's "
                              "NCSNv2 has plain convolutions")
 
-    expected = net.sigmas.detach().double()
+    expected = torch.tensor(np.asarray(skeleton.schedule.sigmas), dtype=torch.float32).double()  # the buffer's values
     loaded = model_state.get("sigmas")
     if loaded is not None:
         if loaded.ndim != 1 or loaded.numel() != expected.numel() or \
@@ -284,14 +266,17 @@ def load_ncsnv2(checkpoint_path: PathLike, config_path: Union[PathLike, Mapping]
                 "model.num_classes); use the config the checkpoint was trained with"
             )
 
-    reference = net.state_dict()
     if ema and shadow is not None:
         shadow = _strip(shadow)
-        _check({k: p.shape for k, p in net.named_parameters()}, shadow, f"{path}: the EMA shadow (entry 4)", net)
-        state = {**reference, **shadow}  # parameters from the shadow; the sigmas buffer from the config
+        _check({k: p.shape for k, p in skeleton.named_parameters()}, shadow, f"{path}: the EMA shadow (entry 4)", skeleton)
     else:
         state = dict(model_state)
-        state.setdefault("sigmas", reference["sigmas"])
-        _check({k: v.shape for k, v in reference.items()}, state, f"{path}: the model state_dict", net)
+        _check({k: v.shape for k, v in skeleton.state_dict().items()}, {"sigmas": skeleton.sigmas, **state},
+               f"{path}: the model state_dict", skeleton)
+    net = ncsnv2_network(config, variant=variant)
+    if ema and shadow is not None:
+        state = {**net.state_dict(), **shadow}  # parameters from the shadow; the sigmas buffer from the config
+    else:
+        state.setdefault("sigmas", net.sigmas)
     net.load_state_dict(state, strict=True)
     return net.to(device).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal, Optional
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from ..models import PARAMETERIZATIONS, NetworkClassifier
 from ..schedules import Schedule
-from .base import ConfigurableNetwork, ScoreNetwork
+from .base import MAX_BLOCKS, ConfigurableNetwork, ScoreNetwork, _positive_int
 from .embedding import sinusoidal_embedding
 
 
@@ -18,6 +19,16 @@ def _time_scale(schedule: Schedule) -> float:
     if schedule.times is None:
         return 1000.0
     return 1000.0 / max(1.0, float(abs(schedule.times).max()))
+
+
+def _sizes(dim, hidden, depth, emb_dim) -> tuple[int, int, int, int]:
+    """The MLP's sizes, checked: positive integers (depth may be 0, at most MAX_BLOCKS), an even emb_dim."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth <= MAX_BLOCKS:
+        raise ValueError(f"depth must be an integer in [0, {MAX_BLOCKS}] (residual blocks), got {depth!r}")
+    emb_dim = _positive_int("emb_dim", emb_dim)
+    if emb_dim % 2:
+        raise ValueError(f"emb_dim must be even (it is the sinusoidal embedding width), got {emb_dim}")
+    return _positive_int("dim", dim), _positive_int("hidden", hidden), int(depth), emb_dim
 
 
 class _TimeMLP(nn.Module):
@@ -57,6 +68,9 @@ class MLPScoreNet(ScoreNetwork):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+        dim, hidden, depth, emb_dim = _sizes(dim, hidden, depth, emb_dim)
+        if num_classes is not None:
+            num_classes = _positive_int("num_classes", num_classes)
         self.schedule, self.parameterization, self.shape = schedule, parameterization, (int(dim),)
         self.num_classes = num_classes
         self._args = dict(dim=int(dim), parameterization=parameterization, hidden=hidden, depth=depth, emb_dim=emb_dim,
@@ -76,8 +90,9 @@ class MLPClassifier(ConfigurableNetwork):
 
     def __init__(self, dim: int, num_classes: int, schedule: Schedule, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        dim, hidden, depth, emb_dim = _sizes(dim, hidden, depth, emb_dim)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ValueError(f"a classifier needs an integer number of classes, at least 2, got {num_classes!r}")
         self.schedule, self.num_classes = schedule, int(num_classes)
         self._args = dict(dim=int(dim), num_classes=int(num_classes), hidden=hidden, depth=depth, emb_dim=emb_dim)
         self.body = _TimeMLP(dim, num_classes, schedule, hidden, depth, emb_dim)

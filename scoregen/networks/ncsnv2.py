@@ -43,7 +43,6 @@ ngf=128, 232 geometric sigmas from 50 to 0.01, InstanceNorm++, ELU, inputs in [0
 
 from __future__ import annotations
 
-import numbers
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -53,7 +52,7 @@ from torch import Tensor, nn
 
 from ..models import NetworkScoreModel, _on_host
 from ..schedules import DiscreteVE
-from .base import ScoreNetwork
+from .base import ScoreNetwork, _positive_int
 
 __all__ = ["NCSNv2"]
 
@@ -76,12 +75,6 @@ _REFINES = {
     "deepest": [("refine1", (4,), 4), ("refine2", (4, 4), 2), ("refine31", (2, 2), 2), ("refine3", (2, 2), 2),
                 ("refine4", (2, 2), 1), ("refine5", (1, 1), 1)],
 }
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _conv3x3(c_in: int, c_out: int, dilation: int = 1, bias: bool = True) -> nn.Conv2d:

@@ -25,7 +25,6 @@ TensorFlow's ``SAME`` pads only the bottom/right; parameter counts are identical
 
 from __future__ import annotations
 
-import numbers
 from typing import Literal, Optional, Sequence
 
 import torch
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 
 from ..models import PARAMETERIZATIONS
 from ..schedules import DiscreteVP, Schedule
-from .base import ScoreNetwork
+from .base import MAX_BLOCKS, ScoreNetwork, _positive_int
 from .embedding import sinusoidal_embedding
 from .mlp import _time_scale
 
@@ -129,12 +128,6 @@ class _Up(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 class UNet(ScoreNetwork):
     """The DDPM U-Net: ``net(x, t[, y])`` with x of shape (B, in_channels, H, W) -> same shape.
 
@@ -180,9 +173,11 @@ class UNet(ScoreNetwork):
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         image_size, in_channels = _positive_int("image_size", image_size), _positive_int("in_channels", in_channels)
         base, groups = _positive_int("base_channels", base_channels), _positive_int("groups", groups)
-        num_res_blocks = _positive_int("num_res_blocks", num_res_blocks)
+        num_res_blocks = _positive_int("num_res_blocks", num_res_blocks, MAX_BLOCKS)
         if isinstance(channel_mult, (str, bytes)) or not isinstance(channel_mult, Sequence) or len(channel_mult) == 0:
             raise ValueError(f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}")
+        if len(channel_mult) > MAX_BLOCKS:
+            raise ValueError(f"channel_mult has {len(channel_mult)} resolutions, more than {MAX_BLOCKS}")
         mult = tuple(_positive_int("each channel_mult entry", c) for c in channel_mult)
         if isinstance(attention_resolutions, (str, bytes)) or not isinstance(attention_resolutions, Sequence):
             raise ValueError(f"attention_resolutions must be a sequence of feature-map sides, got {attention_resolutions!r}")

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["pretrained_names", "pretrained_path", "pretrained_recipe", "train_argv"]
+__all__ = ["pretrained_names", "pretrained_path", "pretrained_recipe", "train_argv", "build_environment"]
 
 _HERE = Path(__file__).parent
 
@@ -54,3 +54,15 @@ def train_argv(name: str) -> list[str]:
         elif value is not False:
             argv += [flag, str(value)]
     return argv
+
+
+def build_environment() -> dict:
+    """What decides the bits of a CPU build besides its recipe: the torch build, the CPU kernel level torch
+    dispatches to (e.g. ``AVX512``) and the architecture. A rebuild reproduces a checkpoint bit for bit only where
+    these equal the ones recorded in its ``meta["built_on"]``; elsewhere it gives different, equally good weights."""
+    import platform
+
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine()}

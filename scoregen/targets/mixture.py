@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from typing import Optional, Sequence
 
@@ -17,11 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import atomic_write
-from ..models import Level, ScoreModel, _col, check_level
+from ..io import atomic_write, read_json
+from ..models import Level, ScoreModel, _col, check_level, class_labels
+from .._checks import check_int
 from ..schedules import DiscreteVP, Schedule
 
 __all__ = ["GaussianMixture"]
+
+#: A mixture file is a few kB (gmm64: 10 components in 64 dimensions); 1000 components in 1000 dimensions
+#: take about 20 MB of JSON. Larger files are refused before they are parsed.
+MAX_TARGET_BYTES = 64 * 2**20
 
 
 class GaussianMixture(ScoreModel):
@@ -31,7 +37,9 @@ class GaussianMixture(ScoreModel):
         weights: (K,) positive mixture weights (normalised to sum to 1).
         means: (K, d) component means.
         stds: (K,) positive component standard deviations.
-        labels: optional (K,) class of each component (integers >= 0); default: each component its own class.
+        labels: optional (K,) class of each component; default: each component its own class. Classes are
+            dense: the C classes are 0..C-1 and each has at least one component (so C <= K), since
+            guidance toward a class without components has no target, and the classifier enumerates 0..C-1.
         schedule: the grid samplers use by default (DDPM's linear T=1000); the score is exact at any level.
         name: shown in tables.
     """
@@ -59,12 +67,9 @@ class GaussianMixture(ScoreModel):
     def from_json(cls, path: str | os.PathLike, **kwargs) -> "GaussianMixture":
         """Load ``{"weights": [...], "means": [[...], ...], "stds": [...], "labels": [...]}`` (labels optional)."""
         try:
-            with open(path) as f:
-                spec = json.load(f)
+            spec = read_json(path, MAX_TARGET_BYTES, "a mixture target file")
         except FileNotFoundError:
             raise FileNotFoundError(f"target file {str(path)!r} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(spec, dict):
             raise ValueError(f"{path}: expected a JSON object with keys weights, means, stds[, labels], got {type(spec).__name__}")
         missing = [k for k in ("weights", "means", "stds") if k not in spec]
@@ -91,12 +96,25 @@ class GaussianMixture(ScoreModel):
         with atomic_write(path) as f:
             json.dump(spec, f)
 
+    def check_class(self, y) -> int:
+        """``y`` as a Python int if it is one of this mixture's classes 0..C-1; else a ValueError (bools and
+        floats included: ``int(2.7)`` would quietly be class 2)."""
+        try:
+            if isinstance(y, (bool, np.bool_)):
+                raise TypeError
+            c = operator.index(y)
+        except TypeError:
+            raise ValueError(f"{self.name}: a class must be an integer in 0..{self.num_classes - 1}, got {y!r}") from None
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f"{self.name}: class {c} is not one of its classes 0..{self.num_classes - 1}")
+        return c
+
     def conditional(self, y: int) -> "GaussianMixture":
-        """The exact conditional p(x | y): the components of class y, weights renormalised."""
-        keep = self.labels == int(y)
-        if not keep.any():
-            raise ValueError(f"class {y} has no component; classes are {sorted(set(self.labels.tolist()))}")
-        return GaussianMixture(self.weights[keep], self.means[keep], self.stds[keep], self.labels[keep],
+        """The exact conditional p(x | y): the components of class y, weights renormalised; a one-class mixture
+        (its components all have label 0)."""
+        y = self.check_class(y)
+        keep = self.labels == y
+        return GaussianMixture(self.weights[keep], self.means[keep], self.stds[keep], np.zeros(int(keep.sum()), dtype=np.int64),
                                schedule=self.schedule, name=f"{self.name}|y={y}")
 
     # ------------------------------------------------------------------ exact quantities
@@ -144,9 +162,7 @@ class GaussianMixture(ScoreModel):
         dist2 = (x * x).sum(-1, keepdim=True) - 2 * m * (x @ mu.T) + m * m * mu2
         log_joint = log_w - 0.5 * self.dim * torch.log(2 * math.pi * v) - 0.5 * dist2.clamp_min(0) / v
         if y is not None:
-            y = torch.as_tensor(y, device=x.device).expand(x.shape[0])
-            if bool(((y < 0) | (y >= self.num_classes)).any()):
-                raise ValueError(f"{self.name}: class labels must be in 0..{self.num_classes - 1}, got {sorted(set(y.tolist()))}")
+            y = class_labels(y, x.shape[0], x.device, self.num_classes, f"{self.name}: ")
             log_joint = log_joint.masked_fill(labels[None, :] != y[:, None], -math.inf)
         return log_joint, v
 
@@ -180,12 +196,19 @@ class GaussianMixture(ScoreModel):
     def sample(self, n: int, generator: Optional[torch.Generator] = None, y: Optional[int] = None,
                dtype: torch.dtype = torch.float32, return_components: bool = False):
         """n exact samples of p(x0) (of p(x0 | y) when y is given), shape (n, d)."""
+        n = check_int("n", n)
         if y is not None:
             return self.conditional(y).sample(n, generator, dtype=dtype, return_components=return_components)
-        k = torch.multinomial(torch.as_tensor(self.weights), int(n), replacement=True, generator=generator)
-        z = torch.randn(int(n), self.dim, generator=generator, dtype=torch.float64)
+        k = torch.multinomial(torch.as_tensor(self.weights), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = (torch.as_tensor(self.means)[k] + torch.as_tensor(self.stds)[k, None] * z).to(dtype)
         return (x, k) if return_components else x
+
+    def eval_bytes_per_sample(self, dtype: torch.dtype) -> int:
+        """Memory one evaluation holds per sample beyond x and its result, for :func:`scoregen.sample`'s estimate:
+        about six (B, K) temporaries (distances, log joint, posterior; autograd keeps a few for guidance) and
+        four (B, d) ones, in ``dtype``."""
+        return (6 * len(self.weights) + 4 * self.dim) * torch.empty((), dtype=dtype).element_size()
 
     def __repr__(self) -> str:
         return f"GaussianMixture(name={self.name!r}, K={len(self.weights)}, d={self.dim}, classes={self.num_classes})"
@@ -216,12 +239,33 @@ def _validate(weights, means, stds, labels):
     if np.any(s <= 0):
         raise ValueError(f"every std must be positive; stds[{int(np.argmin(s))}] = {s.min()!r}")
     if labels is None:
-        lab = np.arange(K)
-    else:
-        lab = arr("labels", labels, 1)
-        if len(lab) != K:
-            raise ValueError(f"'labels' has {len(lab)} entries, 'weights' {K}; one class label per component")
-        if np.any(lab < 0) or np.any(lab != np.round(lab)):
-            raise ValueError("'labels' must be non-negative integers (the class of each component)")
-        lab = lab.astype(np.int64)
+        return w, mu, s, np.arange(K)
+    if any(isinstance(v, (bool, np.bool_)) for v in np.asarray(labels, dtype=object).ravel()):
+        raise ValueError("'labels' must be non-negative integers (the class of each component), not booleans")
+    lab = arr("labels", labels, 1)
+    if len(lab) != K:
+        raise ValueError(f"'labels' has {len(lab)} entries, 'weights' {K}; one class label per component")
+    if np.any(lab < 0) or np.any(lab != np.round(lab)):
+        raise ValueError("'labels' must be non-negative integers (the class of each component)")
+    # dense classes 0..C-1, each with a component. The missing classes are listed from the distinct labels
+    # (at most K of them), never by enumerating 0..max: a label of 1e9 is refused here at once, instead of
+    # making the classifier loop over a billion classes
+    present = np.unique(lab)
+    top = present[-1]
+    n_missing = top + 1 - present.size
+    count = lambda v: str(int(v)) if v < 2**53 else f"{v:g}"  # noqa: E731  exact below 2^53
+    if n_missing:
+        seen, first = set(present.tolist()), []
+        c = 0
+        while len(first) < min(10, n_missing):
+            if c not in seen:
+                first.append(c)
+            c += 1
+        shown = ", ".join(str(c) for c in first) + (f", ... ({count(n_missing)} in all)" if n_missing > len(first) else "")
+        raise ValueError(
+            f"'labels' must name classes 0..C-1, each with at least one component (so at most {K} classes for {K} "
+            f"components): {'class' if n_missing == 1 else 'classes'} {shown} {'has' if n_missing == 1 else 'have'} no "
+            f"component (largest label {count(top)}, for {K} components); relabel the "
+            f"classes 0..C-1 in order, e.g. labels {np.unique(lab, return_inverse=True)[1].tolist()}")
+    lab = lab.astype(np.int64)
     return w, mu, s, lab

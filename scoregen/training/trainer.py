@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import numbers
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal, Optional
 
@@ -13,10 +16,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..io import load_trainer_state, read_checkpoint_config, save_checkpoint
+from ..io import CONFIG_NAME, _load_weights, checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
 from .objectives import classifier_loss, ddpm_loss, drop_labels, ncsn_loss
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "train", "data_fingerprint"]
 
 
 @dataclass
@@ -43,13 +46,21 @@ class TrainConfig:
     def __post_init__(self):
         if self.objective not in ("ddpm", "ncsn", "classifier"):
             raise ValueError(f"objective must be 'ddpm', 'ncsn' or 'classifier', got {self.objective!r}")
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name, lo in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("warmup", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+                need = "a positive integer" if lo else "a non-negative integer"
+                raise ValueError(f"TrainConfig.{name} must be {need}, got {value!r}")
+            setattr(self, name, int(value))  # a numpy integer would not survive json.dump into the checkpoint
+        if self.seed >= 2**63:
+            raise ValueError(f"TrainConfig.seed must be below 2**63, got {self.seed}")
+        for name, ok, need in (("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+                               ("grad_clip", lambda v: v > 0, "> 0"), ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("label_dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"TrainConfig.{name} must be a finite number {need}, got {value!r}")
+            setattr(self, name, float(value))
 
 
 def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor]:
@@ -95,6 +106,41 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def data_fingerprint(x: Tensor, y: Optional[Tensor]) -> dict:
+    """What identifies training data: the shapes and sha256 of x as float32 and of y as int64 (None without
+    labels). Stored in a checkpoint's meta (``data_fingerprint``) so that a resume on other data is refused."""
+    def digest(t: Tensor, dtype: torch.dtype) -> str:
+        h = hashlib.sha256()
+        for chunk in t.detach().reshape(-1).split(1 << 20):  # row-major bytes, a million values at a time
+            h.update(chunk.to(device="cpu", dtype=dtype).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    return {"x_shape": list(x.shape), "x_sha256": digest(x, torch.float32),
+            "y_shape": None if y is None else list(y.shape), "y_sha256": None if y is None else digest(y, torch.int64)}
+
+
+def _check_step(out: str, step: int, steps: int) -> None:
+    if step > steps:
+        raise ValueError(f"cannot resume: the checkpoint in {out} is at step {step}, past the requested {steps} steps; "
+                         f"to train it further ask for more steps (e.g. --steps {2 * step}, steps={2 * step})")
+
+
+def _restore(state: dict, path: str, opt, sched, g: torch.Generator) -> tuple[int, Optional[float]]:
+    """Put the optimizer, scheduler and RNG states of a trainer state back; returns (step, running loss)."""
+    try:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, running = state["step"], state["running_loss"]
+        if type(step) is not int or not (running is None or isinstance(running, float)):
+            raise TypeError(f"step {step!r}, running loss {running!r}")
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise ValueError(f"cannot resume: the trainer state in {path} does not fit this training run "
+                         f"({type(e).__name__}: {e}); the checkpoint is damaged or from another program") from None
+    return step, running
+
+
 def train(
     net: nn.Module,
     x: Tensor,
@@ -103,6 +149,7 @@ def train(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     meta: Optional[dict] = None,
     progress: Optional[bool] = None,
     callback: Optional[Callable[[int, float], None]] = None,
@@ -110,68 +157,129 @@ def train(
     """Train ``net`` on data ``x`` (N, ...) with optional labels ``y`` (N,), checkpointing to ``out_dir``.
 
     Every ``checkpoint_every`` steps and at the end, ``out_dir`` receives the weights, their EMA, and the
-    optimizer / scheduler / RNG state. ``resume=True`` continues from the checkpoint there, after checking
-    that its network and training config match; on CPU the result is bit-for-bit that of an uninterrupted
-    run with the same seed; ``steps`` and ``checkpoint_every`` may change on resume (to train longer),
-    nothing else. ``callback(step, loss)`` runs after every step. Returns a summary dict.
+    optimizer / scheduler / RNG state (see :func:`~scoregen.io.save_checkpoint`); the folder is locked
+    for the whole run (:class:`~scoregen.errors.FolderInUseError` if another process holds it).
+
+    A folder that already holds a checkpoint is never trained over silently: ``resume=True`` continues it,
+    after checking that its network, training config and data (a fingerprint of x and y) match; on CPU the
+    result is bit-for-bit that of an uninterrupted run with the same seed; ``steps`` and
+    ``checkpoint_every`` may change on resume (to train longer), nothing else. A checkpoint already at
+    ``steps`` trains nothing; one past it is refused. ``overwrite=True`` starts afresh and replaces that
+    checkpoint's files (only those) at the first save. Neither: FileExistsError. ``resume=True`` on a
+    folder without a checkpoint starts from step 0.
+
+    ``callback(step, loss)`` runs after every step. Returns ``{"steps", "start_step", "end_step",
+    "running_loss", "out_dir"}``: the run trained steps ``start_step`` .. ``end_step`` (equal when there was
+    nothing to do); ``running_loss`` is the exponential average of the loss (None if no step was ever taken).
     """
+    if resume and overwrite:
+        raise ValueError("resume=True continues the checkpoint in out_dir and overwrite=True replaces it: give one of them")
+    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must be a tensor of shape (N, ...) with N >= 1 samples, got {getattr(x, 'shape', type(x).__name__)}")
+    if y is not None and (not isinstance(y, Tensor) or tuple(y.shape) != (x.shape[0],)):
+        raise ValueError(f"y must be a tensor of shape (N,) = ({x.shape[0]},), one label per sample, got "
+                         f"{getattr(y, 'shape', type(y).__name__)}")
     loss_fn = _loss_fn(config, net)
+    out = os.fspath(out_dir)
+    fingerprint = data_fingerprint(x, y)
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout draws from the global generator
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     ema = copy.deepcopy(net).requires_grad_(False)
     start, running = 0, None
-    if resume and os.path.isfile(os.path.join(os.fspath(out_dir), "config.json")):
-        ckpt = read_checkpoint_config(out_dir)
-        if ckpt["network"] != _as_json({"class": type(net).__name__, "config": net.config()}):
-            raise ValueError(f"cannot resume: the checkpoint in {os.fspath(out_dir)!r} holds a different network "
-                             f"({ckpt['network']['class']} {ckpt['network']['config']}) than the one given")
-        before, now = dict(ckpt["meta"].get("train") or {}), _as_json(asdict(config))
-        for key in _EXTENDABLE:  # more steps or other checkpoint spacing leave the trajectory unchanged
-            before.pop(key, None), now.pop(key, None)
-        if before != now:
-            raise ValueError(f"cannot resume: the checkpoint was trained with {before}, not {now}")
-        from safetensors.torch import load_file
+    with checkpoint_lock(out):  # from reading the checkpoint to the last save: no other process writes here
+        existing = os.path.lexists(os.path.join(out, CONFIG_NAME))
+        if existing and not resume and not overwrite:
+            try:
+                held = f"step {read_checkpoint_config(out)['step']}"
+            except (ValueError, OSError):
+                held = "a damaged one"
+            raise FileExistsError(f"{out} already holds a checkpoint ({held}): pass --resume (resume=True) to continue "
+                                  "it, or --overwrite (overwrite=True) to replace it")
+        if resume and existing:
+            start, running = _resume(out, net, ema, config, fingerprint, opt, sched, g)
 
-        net.load_state_dict(load_file(os.path.join(os.fspath(out_dir), ckpt["files"]["weights"]["name"])))
-        ema.load_state_dict(load_file(os.path.join(os.fspath(out_dir), ckpt["files"]["ema"]["name"])))
-        state = load_trainer_state(out_dir, ckpt)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start, running = int(state["step"]), state["running_loss"]
+        def checkpoint(step: int) -> None:
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g.get_state(),
+                     "torch_rng": torch.get_rng_state(), "step": step, "running_loss": running}
+            save_checkpoint(out, net, step=step, ema=ema, trainer_state=state,
+                            meta={**(meta or {}), "train": asdict(config), "data_fingerprint": fingerprint})
 
-    def checkpoint(step: int) -> None:
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g.get_state(),
-                 "torch_rng": torch.get_rng_state(), "step": step, "running_loss": running}
-        save_checkpoint(out_dir, net, step=step, ema=ema, trainer_state=state,
-                        meta={**(meta or {}), "train": asdict(config)})
-
-    net.train()
-    n = x.shape[0]
-    with tqdm(total=config.steps, initial=start, disable=None if progress is None else not progress,
-              desc=f"train {config.objective}", unit="step") as bar:
-        for step in range(start, config.steps):
-            idx = torch.randint(0, n, (config.batch_size,), generator=g)
-            loss = loss_fn(x[idx], None if y is None else y[idx], g)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr (now {config.lr}) "
-                                         "or check the data's scale")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            # EMA warm-up (as in diffusers' EMAModel): early weights fade out of short runs quickly
-            _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            bar.update()
-            bar.set_postfix(loss=f"{running:.4f}")
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                checkpoint(step + 1)
-            if callback is not None:
-                callback(step + 1, loss.item())
+        net.train()
+        n = x.shape[0]
+        with tqdm(total=config.steps, initial=start, disable=None if progress is None else not progress,
+                  desc=f"train {config.objective}", unit="step") as bar:
+            for step in range(start, config.steps):
+                idx = torch.randint(0, n, (config.batch_size,), generator=g)
+                loss = loss_fn(x[idx], None if y is None else y[idx], g)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr (now {config.lr}) "
+                                             "or check the data's scale")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                opt.step()
+                sched.step()
+                # EMA warm-up (as in diffusers' EMAModel): early weights fade out of short runs quickly
+                _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
+                running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+                bar.update()
+                bar.set_postfix(loss=f"{running:.4f}")
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                    checkpoint(step + 1)
+                if callback is not None:
+                    callback(step + 1, loss.item())
     net.eval()
-    return {"steps": config.steps, "running_loss": running, "out_dir": os.fspath(out_dir)}
+    return {"steps": config.steps, "start_step": start, "end_step": config.steps, "running_loss": running,
+            "out_dir": out}
+
+
+def _resume(out: str, net: nn.Module, ema: nn.Module, config: TrainConfig, fingerprint: dict, opt, sched,
+            g: torch.Generator) -> tuple[int, Optional[float]]:
+    """Load the checkpoint in ``out`` into the run after checking that it is this run's; returns (step, running loss)."""
+    ckpt = read_checkpoint_config(out)
+    if ckpt["network"] != _as_json({"class": type(net).__name__, "config": net.config()}):
+        raise ValueError(f"cannot resume: the checkpoint in {out!r} holds a different network "
+                         f"({ckpt['network']['class']} {ckpt['network']['config']}) than the one given")
+    before, now = ckpt["meta"].get("train"), _as_json(asdict(config))
+    before = dict(before) if isinstance(before, dict) else {}
+    for key in _EXTENDABLE:  # more steps or other checkpoint spacing leave the trajectory unchanged
+        before.pop(key, None), now.pop(key, None)
+    if before != now:
+        raise ValueError(f"cannot resume: the checkpoint was trained with {before}, not {now}")
+    recorded = ckpt["meta"].get("data_fingerprint")
+    if recorded is None:
+        warnings.warn(f"the checkpoint in {out} records no fingerprint of its training data (it was written by an "
+                      "older scoregen): resuming without checking that the data are the same", stacklevel=3)
+    elif recorded != fingerprint:
+        raise ValueError(f"cannot resume: the checkpoint was trained on other data ({_describe(recorded)}; "
+                         f"the data given: {_describe(fingerprint)}); resume with the same data, or train afresh "
+                         "into another folder")
+    _check_step(out, ckpt["step"], config.steps)
+    for kind in ("ema", "trainer"):
+        if kind not in ckpt["files"]:
+            raise ValueError(f"cannot resume: the checkpoint in {out} has no {kind} file (an exported checkpoint holds "
+                             "only the weights for sampling); train afresh with overwrite=True (--overwrite)")
+    _load_weights(net, out, ckpt, "weights")
+    _load_weights(ema, out, ckpt, "ema")
+    path = os.path.join(out, ckpt["files"]["trainer"]["name"])
+    step, running = _restore(load_trainer_state(out, ckpt), path, opt, sched, g)
+    if step != ckpt["step"]:
+        raise ValueError(f"cannot resume: the trainer state in {path} is at step {step} but config.json says "
+                         f"{ckpt['step']}; the checkpoint is damaged")
+    return step, running
+
+
+def _describe(fingerprint) -> str:
+    if not isinstance(fingerprint, dict):
+        return _as_json_text(fingerprint)
+    x = f"x of shape {fingerprint.get('x_shape')} (sha256 {str(fingerprint.get('x_sha256'))[:12]}...)"
+    if fingerprint.get("y_shape") is None:
+        return x + ", no labels"
+    return x + f", labels of shape {fingerprint.get('y_shape')} (sha256 {str(fingerprint.get('y_sha256'))[:12]}...)"
+
+
+def _as_json_text(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) < 200 else text[:200] + "..."
