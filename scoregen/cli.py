@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .bench import DEFAULT_BUDGETS
+from ._checks import check_real
 from .errors import ScoregenError
 from .samplers import SAMPLERS, sampler_options
 
@@ -59,6 +60,16 @@ def _finite_float(value: str) -> float:
     return v
 
 
+def _check_output(parser: argparse.ArgumentParser, flag: str, path: str, suffix: str) -> None:
+    """An output file the command will write, checked before any work (usage error naming the flag)."""
+    from .io import check_output_file
+
+    try:
+        check_output_file(path, suffix)
+    except ValueError as e:
+        parser.error(f"{flag}: {e}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scoregen", description="Train, sample and benchmark score-based / diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "conditional) or classifier-free w (default 0: the conditional model)")
     s.add_argument("-n", type=_positive_int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--batch-size", type=_positive_int,
-                   help="sample in batches of at most this many (default: the largest batch estimated to fit in memory)")
+                   help="sample in batches of at most this many (default: as many as fit in 2 GiB by the memory "
+                        "estimate, which depends on the model alone; samples depend on the batch size)")
     s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     s.add_argument("--out", required=True, help="output file OUT.npy: float32 array of shape (n, *sample shape)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -138,19 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--csv", help="also write the table to this CSV file")
     b.add_argument("--plot", help="also save a plot of quality against NFE to this PNG (needs matplotlib)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    for command in (s, t, pr, pb, b):  # errors found after parsing name the subcommand: "scoregen sample: error: ..."
+        command.set_defaults(_parser=command)
     return p
 
 
 def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from .io import atomic_write, check_output_file, save_image_grid
+    from .io import atomic_write, save_image_grid
     from .samplers import sample
 
-    if not args.out.endswith(".npy"):
-        parser.error(f"--out must name a .npy file, got {args.out!r}")
-    if args.grid is not None and not args.grid.lower().endswith(".png"):
-        parser.error(f"--grid must name a .png file, got {args.grid!r}")
     if args.grid is not None and os.path.abspath(args.grid) == os.path.abspath(args.out):
         parser.error("--grid and --out name the same file")
     given = {k for k in set().union(*SAMPLER_FLAGS.values()) if getattr(args, k) is not None}
@@ -164,9 +174,9 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     if args.checkpoint is None and (args.classifier or args.grid or args.no_clip):
         parser.error("--classifier, --grid and --no-clip apply to --checkpoint models")
-    for path in (args.out, args.grid):  # before any work: a bad destination must not cost a sampling run
-        if path is not None:
-            check_output_file(path)
+    for flag, path, suffix in (("--out", args.out, ".npy"), ("--grid", args.grid, ".png")):
+        if path is not None:  # before any work: a bad destination must not cost a sampling run
+            _check_output(parser, flag, path, suffix)
     model, x0_hook, value_range, name = _sampling_model(args, parser)
     if args.grid and len(model.shape) != 3:
         parser.error(f"--grid needs an image model (samples of shape (C, H, W)); this one samples shape {tuple(model.shape)}")
@@ -181,7 +191,8 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     opts = " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "defaults"
     shape = " x ".join(map(str, arr.shape))
     print(f"{args.sampler} ({opts}) on {name}: wrote {shape} samples to {args.out}" + (f" and {args.grid}" if args.grid else ""))
-    print(f"NFE {result.nfe}  wall time {result.wall_time:.3f} s  seed {args.seed}")
+    batches = f"  in batches of {result.batch_size}" if result.batch_size and result.batch_size < args.n else ""
+    print(f"NFE {result.nfe}  wall time {result.wall_time:.3f} s  seed {args.seed}{batches}")
     return 0
 
 
@@ -203,8 +214,7 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     net, config = load_checkpoint(args.checkpoint)
     if getattr(net, "parameterization", None) is None:
         parser.error(f"{args.checkpoint} holds a classifier, not a score model; pass it as --classifier")
-    data = config["meta"].get("data", {})
-    value_range = tuple(data["value_range"]) if data.get("value_range") else None
+    value_range = _value_range(config, args.checkpoint)
     model = net.score_model()
     if args.label is not None:
         classes = getattr(net, "num_classes", None)
@@ -229,6 +239,22 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
         kind = f"classifier guidance ({args.classifier})" if args.classifier else "classifier-free guidance"
         name += f", {kind} to class {args.label} with scale {model.scale:g}"
     return model, hook, value_range, name
+
+
+def _value_range(config: dict, checkpoint: str) -> Optional[tuple[float, float]]:
+    """The data range ``(lo, hi)`` a checkpoint records (``meta.data.value_range``, written by `scoregen train`), or None."""
+    data = config["meta"].get("data")
+    value_range = data.get("value_range") if isinstance(data, dict) else None
+    if data is None or value_range is None:
+        return None
+    try:
+        lo, hi = (check_real(f"value_range[{i}]", v) for i, v in enumerate(value_range))
+        if not lo < hi:
+            raise ValueError(f"value_range must have lo < hi, got {value_range}")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{checkpoint}: config.json's meta.data.value_range (the data range x0 is clipped to) must be "
+                         f"two finite numbers lo < hi: {e}") from None
+    return lo, hi
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -263,8 +289,6 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import os
-
     from .io import export_checkpoint
     from .pretrained import build_environment, pretrained_names, pretrained_path, pretrained_recipe, train_argv
 
@@ -288,7 +312,8 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}" + (f" ({threads} thread(s))" if threads else ""))
     try:  # the thread count fixes the order of floating-point sums: the recipe's count reproduces the shipped bits
         torch.set_num_threads(threads or before)
-        code = _cmd_train(parser.parse_args(["train", *argv, "--out", train_dir, *extra]), parser)
+        train_args = build_parser().parse_args(["train", *argv, "--out", train_dir, *extra])
+        code = _cmd_train(train_args, train_args._parser)
     finally:
         torch.set_num_threads(before)
     if code:
@@ -303,16 +328,12 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from .bench import format_table, plot_bench, rows_to_csv, run_bench
     from .targets import load_target
 
-    from .io import check_output_file
-
     if args.guidance_scale is not None and args.label is None:
         parser.error("--guidance-scale needs --label Y (the class to guide towards)")
     scale = 1.0 if args.guidance_scale is None else args.guidance_scale
     for flag, path, suffix in (("--csv", args.csv, ".csv"), ("--plot", args.plot, ".png")):
         if path is not None:
-            if not path.lower().endswith(suffix):
-                parser.error(f"{flag} must name a {suffix} file, got {path!r}")
-            check_output_file(path)
+            _check_output(parser, flag, path, suffix)
 
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = [s for s in samplers if s not in SAMPLERS]
@@ -348,6 +369,10 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, MemoryError, ScoregenError)
 
 
+#: How torch's allocators say they ran out (CPU: DefaultCPUAllocator; CUDA: torch.OutOfMemoryError).
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "Cannot allocate memory")
+
+
 def _describe(e: BaseException) -> str:
     """The message of an expected error; an OSError from the system gets its file name and reason in plain words."""
     if isinstance(e, OSError) and not isinstance(e, ScoregenError) and e.strerror:
@@ -367,9 +392,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with warnings.catch_warnings():  # warnings in the command's own words, not Python's file:line form
             warnings.showwarning = show_warning
-            return command(args, parser)
+            return command(args, args._parser)
     except EXPECTED_ERRORS as e:
         print(f"scoregen {args.command}: error: {_describe(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # the allocator's own failure, past every estimate: not a bug, a limit of this machine
+        text = str(e)
+        if not any(sign in text for sign in _OUT_OF_MEMORY):
+            raise
+        print(f"scoregen {args.command}: error: out of memory ({text.strip().splitlines()[-1][:300]}); use a smaller "
+              "-n or --batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scoregen {args.command}: interrupted", file=sys.stderr)

@@ -18,7 +18,7 @@ class ScoregenError(Exception):
 
 
 class FolderInUseError(ScoregenError):
-    """Another process holds the folder's lock (a trainer is writing checkpoints there)."""
+    """Another process, or another thread of this one, holds the folder's lock (a trainer is writing checkpoints there)."""
 
 
 class DiskFullError(ScoregenError, OSError):

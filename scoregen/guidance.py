@@ -21,6 +21,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_real
 from .models import Level, ModelTransform, ScoreModel, _col, class_labels
 
 __all__ = [
@@ -49,14 +50,10 @@ _NEEDS_LABEL = "classifier guidance needs a class label: pass y=... to sample()"
 MAX_GUIDANCE_SCALE = 100.0
 
 
-def _check_scale(scale: float, what: str, max_scale: Optional[float]) -> float:
-    """A finite scale >= 0, and at most ``max_scale`` when given (see :data:`MAX_GUIDANCE_SCALE`); ``what`` names it."""
-    try:
-        scale = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {type(scale).__name__}") from None
-    if not (scale >= 0 and math.isfinite(scale)):
-        raise ValueError(f"{what} must be finite and >= 0, got {scale}")
+def _guidance_scale(scale: object, what: str, max_scale: Optional[float]) -> float:
+    """A finite number >= 0 (:func:`~scoregen._checks.check_real`: not a bool, not a string), and at most
+    ``max_scale`` when given (see :data:`MAX_GUIDANCE_SCALE`); ``what`` names it."""
+    scale = check_real(what, scale, 0.0)
     if max_scale is not None and scale > max_scale:
         raise ValueError(f"{what} = {scale:g} is beyond any published setting: it must be at most "
                          f"{max_scale:g} (usable range [0, {max_scale:g}]; published settings are 1-10). Far above that "
@@ -95,7 +92,7 @@ class LikelihoodGuidance(ModelTransform):
 
     def __init__(self, model: ScoreModel, log_likelihood: LogLikelihood, scale: float = 1.0):
         super().__init__(model)
-        scale = _check_scale(scale, "guidance scale", self.max_scale)
+        scale = _guidance_scale(scale, "guidance scale", self.max_scale)
         if not callable(log_likelihood):
             raise TypeError(f"log_likelihood must be callable as log_likelihood(x, sigma, m, y) -> (batch,), "
                             f"got {type(log_likelihood).__name__}")
@@ -193,7 +190,8 @@ class ClassifierFreeGuidance(ModelTransform):
 
     def __init__(self, model: ScoreModel, null_label: Optional[int], scale: float = 0.0):
         super().__init__(model)
-        self.null_label, self.scale = null_label, _check_scale(scale, "guidance scale w", MAX_GUIDANCE_SCALE)
+        self.null_label = None if null_label is None else check_int("null_label", null_label, 0)
+        self.scale = _guidance_scale(scale, "guidance scale w", MAX_GUIDANCE_SCALE)
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         if y is None:
@@ -258,13 +256,9 @@ class GaussianMeasurement:
         self.model = model
         if not isinstance(y_obs, Tensor):
             raise TypeError(f"y_obs (the measurement) must be a tensor, got {type(y_obs).__name__}")
-        sigma_y = float(sigma_y)
-        if not (math.isfinite(sigma_y) and sigma_y >= 0):
-            raise ValueError(f"sigma_y (the measurement noise std) must be finite and >= 0, got {sigma_y}")
+        sigma_y = check_real("sigma_y (the measurement noise std)", sigma_y, 0.0)
         if data_var is not None:
-            data_var = float(data_var)
-            if not (math.isfinite(data_var) and data_var > 0):
-                raise ValueError(f"data_var (the prior variance per coordinate of x0) must be finite and > 0, got {data_var}")
+            data_var = check_real("data_var (the prior variance per coordinate of x0)", data_var, 0.0, lo_open=True)
         elif sigma_y == 0:
             raise ValueError("sigma_y = 0 with data_var=None makes the DPS likelihood N(y; A x0_hat, 0) infinitely sharp: "
                              "give the measurement noise std sigma_y > 0, or data_var for the r_t^2 term")

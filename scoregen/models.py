@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_real
 from .schedules import Schedule, m_sigma_from_log_snr
 
 Level = Union[float, Tensor]
@@ -40,8 +41,6 @@ __all__ = [
     "dynamic_threshold",
     "to_eps",
     "from_eps",
-    "check_like",
-    "class_labels",
 ]
 
 
@@ -74,14 +73,15 @@ def check_like(out, like: Tensor, what: str) -> Tensor:
     return out
 
 
-def network_input(x_in: Tensor, x: Tensor, read_after: bool) -> Tensor:
-    """The tensor to hand a network for its input ``x_in`` (``x`` or a rescaled copy of it): never ``x`` itself.
+def network_input(x_in: Tensor, read_after: bool) -> Tensor:
+    """The tensor to hand a network for its input ``x_in``: a copy when the caller reads ``x_in`` again after the
+    call (to convert an x0 or v output to eps), since a network may write to its input (in-place activations,
+    ``x.mul_``); else ``x_in`` itself.
 
-    ``x`` is a sampler's live state, updated in place, and a network may write to its input (in-place
-    activations, ``x.mul_``): it gets a tensor of its own. ``read_after``: the caller reads ``x_in`` again
-    after the call (to convert an x0 or v output to eps), so ``x_in`` must stay untouched as well.
+    The caller's own ``x`` is not protected here: :func:`scoregen.sample` hands every model a copy of its state,
+    and a direct caller owns its tensors (one copy per evaluation, not one per layer of a model stack).
     """
-    return x_in.clone() if read_after or x_in is x else x_in
+    return x_in.clone() if read_after else x_in
 
 
 def class_labels(y, batch: int, device: Union[str, torch.device, None], num_classes: Optional[int] = None,
@@ -211,6 +211,13 @@ def from_eps(eps: Tensor, x: Tensor, m: Level, sigma: Level, parameterization: s
     raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
 
 
+def declared_bytes(model: object, dtype: torch.dtype) -> int:
+    """What ``model`` declares one evaluation takes per sample (:meth:`ScoreModel.eval_bytes_per_sample`);
+    0 for a duck-typed model that does not say."""
+    declared = getattr(model, "eval_bytes_per_sample", None)
+    return int(declared(dtype)) if callable(declared) else 0
+
+
 class ScoreModel:
     """Base class: implement :meth:`eps`; ``score`` and ``x0`` follow from it.
 
@@ -234,6 +241,13 @@ class ScoreModel:
         """``(x - sigma eps) / m``; m must be > 0."""
         _require_positive("m", m, "to estimate x0 = (x - sigma * eps) / m")
         return (x - _col(sigma, x) * self.eps(x, sigma, m, y)) / _col(m, x)
+
+    def eval_bytes_per_sample(self, dtype: torch.dtype) -> int:
+        """Memory one evaluation holds per sample beyond its input, its result and its networks' activations, in
+        bytes, for :func:`scoregen.sample`'s batch sizing (which measures the activations of any ``torch.nn.Module``
+        it finds itself). 0 here; override it when a model allocates temporaries much larger than a sample (an exact
+        mixture's (batch, components) tables), so that a default batch stays within its memory budget."""
+        return 0
 
     @property
     def sigma_range(self) -> tuple[float, float]:
@@ -311,6 +325,11 @@ class NetworkScoreModel(ScoreModel):
     by ``m_model / m`` and the output converted to eps.
 
     This is also how to bring any ``eps(x, t)`` callable: ``NetworkScoreModel(fn, DiscreteVP.linear())``.
+
+    The network may write to its input (in-place activations) without changing the answer: for x0 and v outputs,
+    which are converted to eps with the input after the call, it gets a copy. The caller's ``x`` is handed on
+    as is when no rescaling is needed: :func:`scoregen.sample` gives every evaluation a copy of its state, and a
+    direct caller of :meth:`eps` owns its tensors (pass a copy if x must survive a network that writes to it).
     """
 
     def __init__(
@@ -334,7 +353,7 @@ class NetworkScoreModel(ScoreModel):
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
-        net_in = network_input(x_in, x, read_after=self.parameterization in ("x0", "v"))
+        net_in = network_input(x_in, read_after=self.parameterization in ("x0", "v"))
         out = self.net(net_in, t) if y is None else self.net(net_in, t, y)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -382,6 +401,9 @@ class ModelTransform(ScoreModel):
     def sigma_range(self) -> tuple[float, float]:
         return self.model.sigma_range
 
+    def eval_bytes_per_sample(self, dtype: torch.dtype) -> int:
+        return declared_bytes(self.model, dtype)
+
 
 class X0Hook(ModelTransform):
     """Apply ``hook`` to the denoised estimate x0_hat and answer with the consistent eps.
@@ -413,8 +435,9 @@ class X0Hook(ModelTransform):
 
 def clip_x0(low: float = -1.0, high: float = 1.0) -> Callable[[Tensor], Tensor]:
     """An x0 hook that clips to the data range [low, high] (DDPM's image samplers)."""
+    low, high = check_real("clip_x0's low", low), check_real("clip_x0's high", high)
     if not low < high:
-        raise ValueError(f"clip range must have low < high, got [{low}, {high}]")
+        raise ValueError(f"clip range must have low < high, got [{low:g}, {high:g}]")
 
     def hook(x0: Tensor) -> Tensor:
         return x0.clamp(low, high)
@@ -425,10 +448,8 @@ def clip_x0(low: float = -1.0, high: float = 1.0) -> Callable[[Tensor], Tensor]:
 
 def dynamic_threshold(percentile: float = 0.995, max_value: float = 1.0) -> Callable[[Tensor], Tensor]:
     """Imagen's dynamic thresholding (Saharia et al. 2022): per sample, clip to the |x0| percentile s >= 1 and divide by s."""
-    if not 0.0 < percentile <= 1.0:
-        raise ValueError(f"percentile must be in (0, 1], got {percentile}")
-    if not max_value > 0:
-        raise ValueError(f"max_value (the data range's bound) must be > 0, got {max_value}")
+    percentile = check_real("percentile", percentile, 0.0, 1.0, lo_open=True)
+    max_value = check_real("max_value (the data range's bound)", max_value, 0.0, lo_open=True)
 
     def hook(x0: Tensor) -> Tensor:
         s = torch.quantile(x0.reshape(x0.shape[0], -1).abs().float(), percentile, dim=1).clamp_min(max_value)

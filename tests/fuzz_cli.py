@@ -181,17 +181,18 @@ def checkpoint_case(rng: random.Random, folder: str, original: str) -> list[str]
 
 # ------------------------------------------------------------------------------------- argument lists
 def argv_case(rng: random.Random, folder: str, checkpoint: str) -> list[str]:
+    fifo = os.path.join(os.path.dirname(checkpoint), "fifo.json")  # a named pipe: reading it must not block
     paths = [os.path.join(folder, "o.npy"), folder, os.path.join(folder, "x" * 300 + ".npy"), "/dev/null",
              os.path.join(folder, "missing", "deep", "o.npy"), os.path.join(checkpoint, "config.json", "o.npy"), ""]
     pool = {
-        "sample": {"--target": ["ring2d", "gmm64", "nope", os.path.join(folder, "none.json"), folder + ".json"],
+        "sample": {"--target": ["ring2d", "gmm64", "nope", os.path.join(folder, "none.json"), folder + ".json", fifo],
                    "--checkpoint": [checkpoint, folder, "digits-nope", checkpoint + "/config.json"],
                    "--sampler": ["ddpm", "ddim", "langevin", "heun"], "--steps": ["1", "3", "1001"],
                    "--variance": ["beta", "beta_tilde", "x"], "--eta": ["0", "1", "0.5", "2"],
                    "--levels": ["1", "2", "4"], "--steps-per-level": ["1", "3"], "--step-lr": ["1e-5", "1e10", "0"],
                    "--sigma-max": ["5", "0.001", "1e30"], "--sigma-min": ["0.01", "1e-30", "10"],
                    "--label": ["0", "3", "-1", "7", "1000000000"], "--guidance-scale": ["1", "0", "1e6", "-2", "1e30"],
-                   "-n": ["1", "3", "10", "1000000000000000"], "--batch-size": ["1", "2", "100000000000"],
+                   "-n": ["1", "3", "10", "400000000", "1000000000000000"], "--batch-size": ["1", "2", "100000000000"],
                    "--seed": ["0", "7", "-5", "18446744073709551617"], "--out": paths,
                    "--grid": [os.path.join(folder, "g.png"), folder, os.path.join(folder, "g.txt")],
                    "--classifier": [checkpoint, folder], "--final-denoise": None, "--no-clip": None, "--no-progress": None},
@@ -200,7 +201,7 @@ def argv_case(rng: random.Random, folder: str, checkpoint: str) -> list[str]:
                   "--label": ["0", "99", "-3"], "--guidance-scale": ["1", "nan", "1e6"],
                   "--csv": [os.path.join(folder, "b.csv"), folder, os.path.join(folder, "b.txt")],
                   "--plot": [os.path.join(folder, "b.png"), folder], "--no-progress": None},
-        "train": {"--data": ["ring2d", "nope", os.path.join(folder, "none.npy"), folder], "--objective": ["ddpm", "ncsn", "classifier", "x"],
+        "train": {"--data": ["ring2d", "nope", os.path.join(folder, "none.npy"), folder, fifo], "--objective": ["ddpm", "ncsn", "classifier", "x"],
                   "--steps": ["1", "2", "0"], "--out": [os.path.join(folder, "run"), checkpoint, paths[3], folder + "/o.npy"],
                   "--batch-size": ["4", "16", "1000000000000"], "--lr": ["1e-3", "nan", "-1", "1e10"],
                   "--checkpoint-every": ["1", "0"], "--seed": ["0", "99999999999999999999999"],
@@ -289,6 +290,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         checkpoint = make_checkpoint(root)
+        os.mkfifo(os.path.join(root, "fifo.json"))
         for i in range(args.cases):
             folder = os.path.join(root, f"case{i}")
             os.makedirs(folder)

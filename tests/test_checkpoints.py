@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import scoregen as sg
-from scoregen.io import _config_sha256, load_checkpoint, read_checkpoint_config, save_checkpoint
+from scoregen.io import load_checkpoint, read_checkpoint_config, save_checkpoint
+from scoregen.io.checkpoints import _config_sha256
 from scoregen.networks import MLPClassifier, MLPScoreNet
 from scoregen.training import TrainConfig, train
 

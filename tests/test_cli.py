@@ -95,3 +95,20 @@ def test_bench_rejects_unknown_sampler(capsys):
 def test_module_entry_point_shows_help():
     out = subprocess.run([sys.executable, "-m", "scoregen.cli", "sample", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--steps-per-level" in out.stdout
+
+
+def test_destinations_are_checked_before_any_work_and_errors_name_the_subcommand(tmp_path, capsys, monkeypatch):
+    import scoregen.cli as cli
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr("scoregen.samplers.sample", no_sampling)
+    (tmp_path / "a-file").write_text("x")
+    for out, message in [(tmp_path, "is a folder, not a file"), (tmp_path / "a-file" / "x.npy", "is a file, not a folder"),
+                         (tmp_path / ("x" * 300 + ".npy"), "bytes long"), (tmp_path / "x.txt", "must name a .npy file")]:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["sample", "--sampler", "ddim", "--steps", "3", "-n", "4", "--out", str(out), "--no-progress"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "scoregen sample: error: --out: " in err and message in err, err

@@ -109,12 +109,12 @@ def test_bench_guidance_scale_needs_a_label(capsys):
 @pytest.mark.parametrize(
     "sampler, options, message",
     [
-        ("ddpm", {"steps": 2.7}, "steps must be a positive integer"),
-        ("ddim", {"steps": 0}, "steps must be a positive integer"),
-        ("langevin", {"levels": 2.5}, "levels must be a positive integer"),
+        ("ddpm", {"steps": 2.7}, r"steps must be an integer in \[1, 100000\], got 2.7"),
+        ("ddim", {"steps": 0}, r"steps must be an integer in \[1, 100000\], got 0"),
+        ("langevin", {"levels": 2.5}, r"levels must be an integer in \[1, 100000\], got 2.5"),
         ("langevin", {"steps_per_level": 0}, "steps_per_level must be a positive integer"),
         ("langevin", {"step_lr": math.inf}, "step_lr must be a finite number"),
-        ("langevin", {"sigma_max": math.inf}, "need finite sigma_max"),
+        ("langevin", {"sigma_max": math.inf}, "sigma_max must be a finite number > 0, got inf"),
         ("langevin", {"sigma_max": 0.001}, "need finite sigma_max > sigma_min"),
     ],
 )

@@ -111,5 +111,5 @@ def test_missing_label_is_a_clear_value_error(sampler, options):
 
 
 def test_negative_scale_is_rejected():
-    with pytest.raises(ValueError, match=r"guidance scale must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"guidance scale must be a finite number >= 0"):
         guided(QUAD, -1.0)

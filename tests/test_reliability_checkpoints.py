@@ -15,10 +15,12 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 
 import pytest
@@ -27,6 +29,7 @@ import torch
 import scoregen as sg
 import scoregen.io as sio
 from scoregen.errors import DiskFullError, FolderInUseError
+from scoregen.io import checkpoints
 from scoregen.networks import MLPScoreNet
 from scoregen.training import TrainConfig, train
 
@@ -77,7 +80,7 @@ def _edit(directory, change, version=None):
             config["version"] = 1
             config.pop("config_sha256", None)
         elif sealed is not None and config.get("config_sha256") == sealed:  # unless the edit was to the hash itself
-            config["config_sha256"] = sio._config_sha256(config)
+            config["config_sha256"] = checkpoints._config_sha256(config)
     path.write_text(json.dumps(config))
 
 
@@ -172,7 +175,7 @@ def test_check_output_dir_refuses_what_cannot_be_written(tmp_path, read_only_dir
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     cases = [
         (tmp_path / "a-file", "is a file, not a folder"),
-        (tmp_path / "dangling", "exists and is not a folder"),
+        (tmp_path / "dangling", "is a link to nothing"),
         (tmp_path / "a-file" / "ck", "a-file' is a file, not a folder"),
         (read_only_dir, "is not writable"),
         (read_only_dir / "ck", "is not writable"),
@@ -207,43 +210,50 @@ def test_a_save_deletes_only_the_files_the_previous_checkpoint_recorded(tmp_path
     assert _same(sio.load_checkpoint(ck, ema=False)[0], net)
 
 
-def test_saving_a_step_again_never_rewrites_a_file_the_previous_checkpoint_records(tmp_path, monkeypatch):
+def test_saving_a_step_again_never_rewrites_a_file_the_previous_checkpoint_records(tmp_path):
     ck = tmp_path / "ck"
     sio.save_checkpoint(ck, _net(seed=1), step=5)
-    first = _contents(ck)
-    written, real = [], sio._write_file
-    monkeypatch.setattr(sio, "_write_file", lambda path, data: (written.append(os.path.basename(path)), real(path, data)))
+    weights = ck / "weights-5.safetensors"
+    first, inode = weights.read_bytes(), weights.stat().st_ino  # an atomic write would make a new file (inode)
     sio.save_checkpoint(ck, _net(seed=1), step=5)  # the same bytes again (re-exporting a build): reused as they are
-    assert written == ["config.json"] and _contents(ck)["weights-5.safetensors"] == first["weights-5.safetensors"]
+    assert weights.stat().st_ino == inode and weights.read_bytes() == first
     other = _net(seed=2)
     sio.save_checkpoint(ck, other, step=5)  # other bytes at the same step: a new name, the recorded file untouched
-    assert written[1:] == ["weights-5-2.safetensors", "config.json"]
     assert sorted(n for n in os.listdir(ck) if not n.startswith(".")) == ["config.json", "weights-5-2.safetensors"]
     assert _same(sio.load_checkpoint(ck)[0], other)
 
 
+def test_a_file_with_the_name_a_save_chooses_but_not_recorded_is_replaced(tmp_path):
+    ck = tmp_path / "ck"
+    _save(ck, step=1)
+    (ck / "weights-2.safetensors").write_bytes(b"not recorded by the step-1 checkpoint")
+    net = _save(ck, step=2, seed=4)  # as save_checkpoint's docstring says: that name is this save's to write
+    assert _same(sio.load_checkpoint(ck, ema=False)[0], net)
+
+
 # ------------------------------------------------------------------ 3 + 5. the lock, and SIGKILL in a save
 WORKER = textwrap.dedent("""
-    import os, sys, time
+    import itertools, os, sys, time
     import torch
-    import scoregen as sg, scoregen.io as sio
+    import scoregen as sg
+    from scoregen.io import checkpoints
     from scoregen.networks import MLPScoreNet
     from scoregen.training import TrainConfig, train
 
     out, ready = sys.argv[1], sys.argv[2]
-    real = sio._write_file
+    calls, real = itertools.count(1), checkpoints._write_bytes
 
-    def stalling(path, data):  # the save of step 4: its weights reach the disk, its EMA is half written, then we hang
-        name = os.path.basename(path)
-        if name.startswith("ema-4"):
-            with sio._atomic_write(path, "wb", sio._CKPT_TMP_PREFIX) as f:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                open(ready, "w").close()
-                time.sleep(600)
-        real(path, data)
+    def stalling(f, data):
+        # Each save writes weights, ema, trainer, config.json: the 6th file is the EMA of the save at step 4.
+        # Its weights have reached the disk; half the EMA reaches its temporary file, then we hang.
+        if next(calls) == 6:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            open(ready, "w").close()
+            time.sleep(600)
+        real(f, data)
 
-    sio._write_file = stalling
+    checkpoints._write_bytes = stalling
     torch.set_num_threads(1)
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -311,22 +321,76 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(tmp_path):
     assert subprocess.run(probe, capture_output=True).returncode == 0
 
 
+def test_two_threads_of_one_process_cannot_write_one_folder(tmp_path):
+    out, inside, release, failures = tmp_path / "run", threading.Event(), threading.Event(), []
+
+    def first():
+        def hold(step, loss):  # after the first step, before the first save: the folder is this thread's
+            if step == 1:
+                inside.set()
+                release.wait(60)
+        try:
+            train(_net(), _data(), None, CONFIG, out, overwrite=True, progress=False, callback=hold)
+        except BaseException as e:
+            failures.append(e)
+
+    thread = threading.Thread(target=first, name="first-trainer")
+    thread.start()
+    try:
+        assert inside.wait(60)
+        with pytest.raises(FolderInUseError, match=rf"^{re.escape(str(out))} is held by another thread of this process "
+                                                   r"\('first-trainer', writing checkpoints there\): wait for it"):
+            train(_net(seed=1), _data(), None, CONFIG, out, overwrite=True, progress=False)
+        with pytest.raises(FolderInUseError, match="another thread of this process"):
+            sio.save_checkpoint(out, _net(), step=9)
+    finally:
+        release.set()
+        thread.join(60)
+    assert not failures and sio.read_checkpoint_config(out)["step"] == 4  # the first trainer was not disturbed
+    with sio.checkpoint_lock(out):  # released: this thread may hold it now, reentrantly
+        sio.save_checkpoint(out, _net(), step=5)
+    assert sio.read_checkpoint_config(out)["step"] == 5
+
+
+def test_files_get_the_umask_mode_without_the_umask_being_changed(tmp_path, monkeypatch):
+    try:
+        with open("/proc/self/status", "rb") as f:
+            shown = b"Umask:" in f.read()
+    except OSError:
+        shown = False
+    if not shown:
+        pytest.skip("the umask can be read only by setting it on this system")
+    old = os.umask(0o027)
+    try:
+        def refuse(mask):
+            raise AssertionError("os.umask was called: other threads would create files with a wrong mode meanwhile")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        with sio.atomic_write(tmp_path / "a.txt") as f:
+            f.write("x")
+        _save(tmp_path / "ck")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "ck" / "weights-1.safetensors").stat().st_mode) == 0o640
+
+
 # ----------------------------------------------------------------------------------------- 4. full disk
 @pytest.mark.parametrize("failing", [1, 2, 3, 4], ids=["weights", "ema", "trainer", "config"])
 def test_a_full_disk_removes_what_the_save_wrote_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failing):
     ck = tmp_path / "ck"
     _save(ck, step=1)
     before = _contents(ck)
-    calls, real = itertools.count(1), sio._write_file
+    calls, real = itertools.count(1), checkpoints._write_bytes
 
-    def full(path, data):
+    def full(f, data):
         if next(calls) == failing:  # half the file reaches the disk, then it is full
-            with sio._atomic_write(path, "wb", sio._CKPT_TMP_PREFIX) as f:
-                f.write(data[: len(data) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+            f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
 
-    monkeypatch.setattr(sio, "_write_file", full)
+    monkeypatch.setattr(checkpoints, "_write_bytes", full)
     with pytest.raises(DiskFullError, match=rf"^no space left on the device holding {re.escape(str(ck))} \([0-9.]+ MB free\): the "
                                             "checkpoint for step 2 was not written; the previous checkpoint at step 1 "
                                             "is intact$") as info:
@@ -371,14 +435,15 @@ def test_a_real_full_disk_during_training_then_resume_once_space_is_freed(tmp_pa
 
 # ---------------------------------------------------------------- 6. files outside the folder, links
 @pytest.mark.parametrize("name", ["/etc/passwd", "{outside}", "../outside.safetensors", "sub/w.safetensors",
-                                  "..", ".", "", "w\0.safetensors", "config.json", 7])
-def test_config_cannot_name_a_file_outside_its_folder(tmp_path, name):
+                                  "..", ".", "", "w\0.safetensors", "config.json", 7, ".sg-ckpt-1.tmp"])
+def test_config_cannot_name_a_file_outside_its_folder_or_a_temporary_one(tmp_path, name):
     ck = tmp_path / "ck"
     _save(ck)
     outside = tmp_path / "outside.safetensors"
     outside.write_bytes((ck / "weights-1.safetensors").read_bytes())  # loadable: only the name may refuse it
     (ck / "sub").mkdir()
     (ck / "sub" / "w.safetensors").write_bytes(outside.read_bytes())
+    (ck / ".sg-ckpt-1.tmp").write_bytes(outside.read_bytes())  # the next save would sweep it away as a leftover
     name = str(outside) if name == "{outside}" else name
 
     def point(config):
@@ -386,7 +451,8 @@ def test_config_cannot_name_a_file_outside_its_folder(tmp_path, name):
 
     _edit(ck, point)
     with pytest.raises(ValueError, match=r"files\.weights\.name.* (must be a plain file name inside the checkpoint "
-                                         r"folder|must be a non-empty string|must not be config\.json)"):
+                                         r"folder|must be a non-empty string|must not be config\.json or \.scoregen\.lock, "
+                                         r"start with \.sg- \(scoregen's temporary files\))"):
         sio.load_checkpoint(ck)
 
 
@@ -408,12 +474,73 @@ def test_a_checkpoint_file_that_is_a_link_or_not_a_regular_file_is_refused(tmp_p
         sio.load_checkpoint(ck)
 
 
+FIFO_READERS = textwrap.dedent("""
+    import json, sys
+    from scoregen.interop.diffusers import schedule_from_scheduler
+    from scoregen.interop.ncsnv2 import ncsnv2_config
+    from scoregen.io import read_json
+    from scoregen.targets import load_target
+
+    fifo, results = sys.argv[1], {}
+    for case, read in [("target", load_target), ("diffusers", schedule_from_scheduler), ("ncsnv2", ncsnv2_config),
+                       ("read_json", lambda path: read_json(path, 1000, "a test file"))]:
+        try:
+            read(fifo)
+            results[case] = ("read", "")
+        except Exception as e:
+            results[case] = (type(e).__name__, str(e))
+    print(json.dumps(results))
+""")
+
+
+def test_a_fifo_given_as_a_target_or_config_file_is_refused_instead_of_blocking(tmp_path):
+    pytest.importorskip("yaml")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer that never comes
+    run = subprocess.run([sys.executable, "-c", FIFO_READERS, str(fifo)], env=ENV, capture_output=True, text=True,
+                         timeout=60)  # about 3 s
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout.splitlines()[-1])
+    for case in ("target", "ncsnv2", "read_json", "diffusers"):
+        assert results[case][0] == "ValueError" and f"{fifo}" in results[case][1], (case, results[case])
+        assert "is not a regular file" in results[case][1], (case, results[case])
+
+
+def test_a_file_removed_while_a_checkpoint_is_read_says_a_trainer_may_have_replaced_it(tmp_path):
+    ck = tmp_path / "ck"
+    _save(ck, step=1)
+    stale = sio.read_checkpoint_config(ck)  # a reader has read config.json ...
+    _save(ck, step=2, seed=3)  # ... when a trainer saves the next checkpoint, deleting the step-1 files
+    replaced = r"but the file is missing: a trainer may have replaced this checkpoint while it was read \(try again\)"
+    with pytest.raises(ValueError, match=r"records trainer-1.pt \(trainer\) " + replaced):
+        sio.load_trainer_state(ck, stale)
+    with pytest.raises(ValueError, match=r"records weights-1.safetensors \(weights\) " + replaced):
+        checkpoints.load_weights(_net(), str(ck), stale, "weights")
+
+
+def test_weights_are_loaded_from_the_bytes_whose_hash_was_checked(tmp_path):
+    ck = tmp_path / "ck"
+    _save(ck, step=1)
+    config = sio.read_checkpoint_config(ck)
+    # between reading config.json and loading, other weights of the same shapes appear under the recorded name
+    sio.save_checkpoint(tmp_path / "other", _net(seed=9), step=1)
+    shutil.copyfile(tmp_path / "other" / "weights-1.safetensors", ck / "weights-1.safetensors")
+    net = _net(seed=4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"weights-1.safetensors is truncated or was modified \(its sha256 does not "
+                                         r"match config.json\)"):
+        checkpoints.load_weights(net, str(ck), config, "weights")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # nothing was loaded
+
+
 # ------------------------------------------------------------------------------ 7. config.json's hash
 def test_an_edited_config_is_refused_and_version_1_still_loads(tmp_path):
     ck = tmp_path / "ck"
     net = _save(ck)
     config = json.loads((ck / "config.json").read_text())
-    assert config["version"] == 2 and config["config_sha256"] == sio._config_sha256(config)
+    body = {k: v for k, v in config.items() if k != "config_sha256"}  # the documented rule: canonical JSON, no hash
+    assert config["version"] == 2
+    assert config["config_sha256"] == hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     (ck / "config.json").write_text((ck / "config.json").read_text().replace('"step": 1', '"step": 7'))
     with pytest.raises(ValueError, match=r"config.json was modified after it was written \(its content hash does not match"):
         sio.load_checkpoint(ck)
@@ -463,9 +590,13 @@ BAD_CONFIGS = {
                   "'files.weights.sha256' must be 64 lowercase hex"),
     "sha-missing": (_set("files.weights.sha256", KeyError), "'files.weights.sha256' must be 64 lowercase hex"),
     "same-name": (lambda c: c["files"]["ema"].update(c["files"]["weights"]), "must differ from the other files"),
-    "unknown-arg": (_set("network.config.hiddn", 32), r"MLPScoreNet config has unknown entries \['hiddn'\]"),
-    "missing-arg": (_set("network.config.dim", KeyError), "cannot build a MLPScoreNet from the config"),
-    "hidden-str": (_set("network.config.hidden", "16"), "hidden must be a positive integer, got '16'"),
+    "unknown-arg": (_set("network.config.hiddn", 32), r"MLPScoreNet config does not fit MLPScoreNet\(dim, schedule, "
+                                                       r".*\): got an unexpected keyword argument 'hiddn'"),
+    "missing-arg": (_set("network.config.dim", KeyError), "MLPScoreNet config does not fit .*missing a required argument: 'dim'"),
+    "depth-float": (_set("network.config.depth", 2.0), r"depth must be an integer in \[0, 1024\], got 2.0 of type float"),
+    "hidden-overflow": (_set("network.config.hidden", 2**70), r"hidden must be an integer in \[1, 16777216\]"),
+    "emb-odd": (_set("network.config.emb_dim", 7), "emb_dim must be even"),
+    "hidden-str": (_set("network.config.hidden", "16"), r"hidden must be an integer in \[1, 16777216\], got '16' of type str"),
     "depth-huge": (_set("network.config.depth", 10**7), r"depth must be an integer in \[0, 1024\]"),
     "schedule-list": (_set("network.config.schedule", []), "a schedule config is a dict"),
     "schedule-type": (_set("network.config.schedule.type", ["x"]), "unknown schedule type"),
@@ -502,16 +633,14 @@ def test_an_oversized_or_deeply_nested_config_is_refused_before_parsing(tmp_path
 EXHAUST = textwrap.dedent("""
     import json, resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
-    import torch
+    import yaml  # imported before the clock starts: its import is not the time of any check
     import scoregen.io as sio
-    with torch.device("meta"):
-        torch.randn(1)  # torch imports its meta kernels on first use (~1 s): not the time of any check
+    from scoregen.interop.ncsnv2 import load_ncsnv2
     results = {}
     for case, args in json.loads(sys.argv[1]).items():
         start = time.monotonic()
         try:
             if case.startswith("ncsnv2"):
-                from scoregen.interop.ncsnv2 import load_ncsnv2
                 load_ncsnv2(*args)
             else:
                 sio.load_checkpoint(args)
@@ -544,10 +673,10 @@ def test_edited_configs_that_would_allocate_gigabytes_are_refused_first(tmp_path
               "model": {"sigma_begin": 8.0, "sigma_end": 0.01, "num_classes": 10, "sigma_dist": "geometric",
                         "normalization": "InstanceNorm++", "nonlinearity": "elu", "ngf": 4}}
     for case, section, key, value, message in [
-        ("ncsnv2-levels", "model", "num_classes", 10**9, r"model.num_classes must be a positive integer no larger than 100000"),
-        ("ncsnv2-ngf", "model", "ngf", 100000, r"model.ngf must be a positive integer no larger than 2048"),
-        ("ncsnv2-size", "data", "image_size", 2**20, r"data.image_size must be a positive integer no larger than 4096"),
-        ("ncsnv2-channels", "data", "channels", 10**5, r"data.channels must be a positive integer no larger than 64"),
+        ("ncsnv2-levels", "model", "num_classes", 10**9, r"model.num_classes must be an integer in \[1, 100000\]"),
+        ("ncsnv2-ngf", "model", "ngf", 100000, r"model.ngf must be an integer in \[1, 2048\]"),
+        ("ncsnv2-size", "data", "image_size", 2**20, r"data.image_size must be an integer in \[1, 4096\]"),
+        ("ncsnv2-channels", "data", "channels", 10**5, r"data.channels must be an integer in \[1, 64\]"),
         ("ncsnv2-wide", "model", "ngf", 2000, r"does not fit the NCSNv2 built from the config .*ngf 2000"),
     ]:
         edited = json.loads(json.dumps(config))
@@ -562,6 +691,8 @@ def test_edited_configs_that_would_allocate_gigabytes_are_refused_first(tmp_path
         kind, text, seconds = results[case]
         assert kind == "ValueError", (case, kind, text)
         assert re.search(message, text), (case, text)
+        # Each refusal takes under 0.05 s (2 shared CPU cores); building the network first took seconds and
+        # gigabytes (the address-space limit turns those into a MemoryError). 3 s leaves a slow machine 60x.
         assert seconds < 3, (case, seconds)
 
 
@@ -651,7 +782,7 @@ def test_resume_past_or_at_the_requested_steps_says_what_happened(tmp_path):
     before = _contents(tmp_path)
     short = TrainConfig("ddpm", steps=2, batch_size=16, checkpoint_every=2)
     with pytest.raises(ValueError, match=rf"the checkpoint in {re.escape(str(tmp_path))} is at step 4, past the requested 2 steps; "
-                                         r"to train it further ask for more steps"):
+                                         r"to train it further ask for more than 4 steps$"):
         train(_net(), x, None, short, tmp_path, resume=True, progress=False)
     summary = train(_net(), x, None, CONFIG, tmp_path, resume=True, progress=False)
     assert (summary["steps"], summary["start_step"], summary["end_step"]) == (4, 4, 4)
@@ -664,6 +795,38 @@ def test_an_exported_checkpoint_cannot_be_resumed_and_says_why(tmp_path):
     with pytest.raises(ValueError, match="has no ema file .*exported checkpoint"):
         train(_net(), _data(), None, TrainConfig("ddpm", steps=8, batch_size=16, checkpoint_every=2),
               tmp_path / "export", resume=True, progress=False)
+
+
+def test_a_checkpoint_cannot_be_exported_into_its_own_folder(tmp_path):
+    train(_net(), _data(), None, CONFIG, tmp_path / "run", progress=False)
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    before = _contents(tmp_path / "run")
+    for dst in (tmp_path / "run", tmp_path / "link", str(tmp_path / "run") + "/."):
+        with pytest.raises(ValueError, match=r"they are the same folder, and the export would replace its checkpoint, "
+                                             "deleting the EMA weights and trainer state a resume needs"):
+            sio.export_checkpoint(tmp_path / "run", dst)
+    assert _contents(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"step": 3}, "it is at step 3, config.json says 4"),
+    ({"running_loss": "low"}, "running loss 'low'"),
+    ({"torch_rng": torch.zeros(3, dtype=torch.uint8)}, r"torch_rng is not an RNG state of \d+ bytes"),
+    ({"optimizer": {"state": {}, "param_groups": []}}, "ValueError: "),
+], ids=["step", "running-loss", "rng", "optimizer"])
+def test_a_trainer_state_that_does_not_fit_is_refused_before_the_rng_is_restored(tmp_path, change, message):
+    train(_net(), _data(), None, CONFIG, tmp_path, progress=False)
+    config = sio.read_checkpoint_config(tmp_path)
+    trainer = tmp_path / config["files"]["trainer"]["name"]
+    torch.save({**sio.load_trainer_state(tmp_path, config), **change}, trainer)
+    _edit(tmp_path, lambda c: c["files"]["trainer"].update(sha256=_sha(trainer)))  # a consistent forgery
+    longer = TrainConfig("ddpm", steps=8, batch_size=16, checkpoint_every=2)
+    with pytest.raises(ValueError, match=rf"the trainer state in {re.escape(str(trainer))} does not fit this training "
+                                         rf"run \({message}"):
+        train(_net(), _data(), None, longer, tmp_path, resume=True, progress=False)
+    after = torch.get_rng_state()
+    torch.manual_seed(longer.seed)  # what train() set before resuming; the checkpoint's state was never applied
+    assert torch.equal(after, torch.get_rng_state())
 
 
 @pytest.mark.parametrize("field, value", [

@@ -145,3 +145,48 @@ def test_objectives_refuse_mismatched_schedules():
         ncsn_loss(MLPScoreNet(2, sg.DiscreteVP.linear()), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="vlb"):
         denoising_loss(MLPScoreNet(2, sg.DiscreteVE.geometric(), "score"), sg.DiscreteVE.geometric(), torch.zeros(4, 2), weighting="vlb")
+
+
+def _ring_run(tmp_path, name, batch_size=64):
+    from scoregen.training import TrainConfig, train
+
+    x = sg.load_target("ring2d").sample(512, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = MLPScoreNet(2, sg.DiscreteVP.linear(), "eps", hidden=32)
+    train(net, x, None, TrainConfig("ddpm", steps=3, batch_size=batch_size, lr=1e-3), tmp_path / name, progress=False)
+    return net
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training_with_one_that_does(tmp_path, monkeypatch):
+    from scoregen.training import trainer
+
+    monkeypatch.setattr(trainer, "available_memory", lambda device: 20 * 2**20)  # 20 MiB
+    with pytest.raises(ValueError, match=r"a training batch of 10000000 needs about .* more than the 21.0 MB available: "
+                                         r"use --batch-size (\d+)") as info:
+        _ring_run(tmp_path, "huge", batch_size=10_000_000)
+    assert not (tmp_path / "huge" / "config.json").exists()
+    fits = int(info.value.args[0].split("use --batch-size ")[1].split()[0])
+    assert 1000 < fits < 10_000_000
+    _ring_run(tmp_path, "fits", batch_size=fits)  # the suggested size trains
+    assert (tmp_path / "fits" / "config.json").exists()
+
+
+def test_the_memory_probe_leaves_training_unchanged(tmp_path, monkeypatch):
+    """The probe runs one forward pass before training: it must not move the generators training draws from
+    (the U-Net's dropout draws from torch's global one) nor change the network."""
+    from scoregen.networks import UNet
+    from scoregen.training import TrainConfig, train, trainer
+
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def run(name):
+        torch.manual_seed(0)
+        net = UNet.tiny(image_size=8, in_channels=1, schedule=sg.DiscreteVP.linear())
+        train(net, x, None, TrainConfig("ddpm", steps=2, batch_size=8, lr=1e-3), tmp_path / name, progress=False)
+        return net
+
+    probed = run("probed")
+    monkeypatch.setattr(trainer, "available_memory", lambda device: None)  # unknown memory: no probe
+    plain = run("plain")
+    for (k, a), (_, b) in zip(probed.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..io import MAX_CONFIG_BYTES, read_json
-from ..models import Level, NetworkScoreModel, clip_x0, network_input, to_eps
+from ..models import Level, NetworkScoreModel, clip_x0, to_eps
 from ..schedules import ContinuousVE, DiscreteVP, Schedule
 
 __all__ = [
@@ -84,6 +84,8 @@ def _scheduler_config(scheduler: SchedulerLike) -> tuple[str, dict]:
     if isinstance(scheduler, (str, os.PathLike)):
         path = Path(scheduler)
         file = path / "scheduler_config.json" if path.is_dir() else path
+        if file.exists() and not file.is_file():
+            raise ValueError(f"{file} is not a regular file (a scheduler config is a JSON file)")
         if not file.is_file():
             raise FileNotFoundError(f"no scheduler config at {file}: pass a folder holding scheduler_config.json, "
                                     "the JSON file itself, a config dict or a diffusers scheduler object")
@@ -275,7 +277,7 @@ class DiffusersScoreModel(NetworkScoreModel):
         # NCSN++: hand the UNet the matched sigma itself (in float64 until the call), not a float32 time label
         x_in, _, m_t, sigma_t = self.levels(x, sigma, m)
         s = torch.as_tensor(sigma_t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        return to_eps(self.net.at_sigma(network_input(x_in, x, read_after=False), s, y), x_in, m_t, sigma_t, "score")
+        return to_eps(self.net.at_sigma(x_in, s, y), x_in, m_t, sigma_t, "score")  # a score output: x_in is not read after
 
     def __repr__(self) -> str:
         return (f"DiffusersScoreModel({type(self.unet).__name__} {self.shape}, {self.scheduler_class}, "

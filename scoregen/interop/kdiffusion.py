@@ -15,12 +15,12 @@ fractional labels), and :func:`scoregen.interop.export.eps_fn` is its inverse.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from .._checks import check_real
 from ..models import Level, ScoreModel, _col, check_level, network_input
 from ..schedules import ContinuousVE
 
@@ -45,8 +45,9 @@ class DenoiserScoreModel(ScoreModel):
                  *, label_kwarg: Optional[str] = None):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable as D(x, sigma), got {type(denoiser).__name__}")
-        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
-        if not (math.isfinite(sigma_max) and sigma_max > sigma_min > 0):
+        sigma_min = check_real("sigma_min", sigma_min, 0.0, lo_open=True)
+        sigma_max = check_real("sigma_max", sigma_max, 0.0, lo_open=True)
+        if not sigma_max > sigma_min:
             raise ValueError(f"need finite sigma_max > sigma_min > 0, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
         self.denoiser, self.shape, self.label_kwarg = denoiser, tuple(int(s) for s in shape), label_kwarg
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
@@ -63,7 +64,7 @@ class DenoiserScoreModel(ScoreModel):
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         s = self.ve_sigma(x, sigma, m)
         x_ve = x if not isinstance(m, Tensor) and m == 1.0 else x / _col(m, x)
-        d_in = network_input(x_ve, x, read_after=True)  # eps below reads x_ve: D may write to its own copy only
+        d_in = network_input(x_ve, read_after=True)  # eps below reads x_ve: D may write to its own copy only
         if y is None:
             out = self.denoiser(d_in, s)
         elif self.label_kwarg is None:

@@ -36,7 +36,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..io import MAX_CONFIG_BYTES, _tensor_mismatch, read_capped, safe_torch_load
+from .._checks import check_int, check_real
+from ..io import MAX_CONFIG_BYTES, read_capped, safe_torch_load
+from ..io.tensors import tensor_mismatch
 from ..networks.ncsnv2 import VARIANTS, NCSNv2
 from ..schedules import MAX_LEVELS, DiscreteVE
 
@@ -102,22 +104,19 @@ def _get(config: Mapping, key: str) -> Any:
 
 
 def _int(config: Mapping, key: str) -> int:
-    value, most = _get(config, key), LIMITS[key]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= most:
-        raise ValueError(f"{key} must be a positive integer no larger than {most} (allowed: 1 .. {most}), got {value!r}")
-    return int(value)
+    """The integer ``key`` ("section.name"), in 1 .. LIMITS[key]."""
+    return check_int(key, _get(config, key), 1, LIMITS[key])
 
 
-def _float(config: Mapping, key: str) -> float:
+def _positive_real(config: Mapping, key: str) -> float:
+    """The positive number ``key``; PyYAML reads "1e-2" (no dot) as a string, so numeric strings count."""
     value = _get(config, key)
-    # PyYAML reads "1e-2" (no dot) as a string: accept numeric strings.
-    try:
-        out = float(value) if not isinstance(value, bool) else float("nan")
-    except (TypeError, ValueError):
-        out = float("nan")
-    if not np.isfinite(out) or out <= 0:
-        raise ValueError(f"{key} must be a positive number, got {value!r}")
-    return out
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass  # refused below, as it was written
+    return check_real(key, value, 0.0, lo_open=True)
 
 
 def _flag(config: Mapping, key: str) -> bool:
@@ -133,7 +132,7 @@ def _reference_sigmas(config: Mapping) -> np.ndarray:
     if dist != "geometric":
         raise ValueError(f"model.sigma_dist {dist!r} is not supported: only 'geometric' sigmas (every published "
                          "NCSNv2 config) are")
-    begin, end = _float(config, "model.sigma_begin"), _float(config, "model.sigma_end")
+    begin, end = _positive_real(config, "model.sigma_begin"), _positive_real(config, "model.sigma_end")
     levels = _int(config, "model.num_classes")
     if not begin > end:
         raise ValueError(f"model.sigma_begin ({begin:g}) must be larger than model.sigma_end ({end:g})")
@@ -217,7 +216,7 @@ def _check(expected: Mapping[str, torch.Size], got: Mapping[str, torch.Tensor], 
     """Raise a ValueError naming missing / unexpected keys and shape mismatches of ``got`` against ``expected``."""
     built = (f"the NCSNv2 built from the config (variant {net.variant!r}, ngf {net.begin_conv.out_channels}, "
              f"{net.shape[0]} channels)")
-    problems = _tensor_mismatch(expected, {k: v.shape for k, v in got.items()})
+    problems = tensor_mismatch(expected, {k: v.shape for k, v in got.items()})
     if problems:
         raise ValueError(f"{what} does not fit {built}: {'; '.join(problems)}. Is this the checkpoint's own config "
                          "(data.dataset or variant, model.ngf, data.channels)?")

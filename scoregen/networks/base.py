@@ -1,14 +1,14 @@
-"""What every scoregen network shares: its constructor config and its score-model view."""
+"""What every scoregen network shares: its constructor config, its score-model view, and random initial
+weights that cost nothing on the meta device."""
 
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from ..io import _short
 from ..models import NetworkScoreModel
 from ..schedules import schedule_from_config
 
@@ -16,14 +16,19 @@ from ..schedules import schedule_from_config
 #: The most repeated blocks (MLP depth, U-Net residual blocks per resolution, resolutions) a network config may
 #: ask for: far beyond any useful network, and small enough that checking a config never builds millions of modules.
 MAX_BLOCKS = 1024
+#: The largest size (a width, a channel count, a number of classes, an image side) a network config may ask for:
+#: far beyond any useful network, and small enough that no layer's element count nears torch's 64-bit limit, so
+#: that building any config on the meta device (which is how a checkpoint's config is checked) cannot overflow.
+MAX_SIZE = 2**24
 
 
-def _positive_int(name: str, value, most: int | None = None) -> int:
-    """A positive integer constructor argument (at most ``most``): a bool or a float (2.0, 1e9) is an error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1 or (most is not None and value > most):
-        raise ValueError(f"{name} must be a positive integer" + (f" no larger than {most}" if most is not None else "")
-                         + f", got {value!r}")
-    return int(value)
+def standard_normal(*shape: int) -> Tensor:
+    """``torch.randn(*shape)``: the same numbers, drawn from the global generator in the same order, except on
+    the meta device (``with torch.device("meta")``, where a checkpoint's config is checked against its weights),
+    where nothing is drawn: random ops there import torch._dynamo and sympy (over a second), and a meta tensor
+    holds no values anyway."""
+    t = torch.empty(shape)
+    return t if t.is_meta else t.normal_()
 
 
 class ConfigurableNetwork(nn.Module):
@@ -38,8 +43,8 @@ class ConfigurableNetwork(nn.Module):
     def from_config(cls, config: dict):
         """The network :meth:`config` describes (fresh weights: load a state_dict into it).
 
-        Every key must be a constructor argument (an unknown one is refused by name), and a config the
-        constructor cannot take raises a ValueError naming the class, never a TypeError. Under
+        The entries must be the constructor's arguments: an unknown or a missing one raises a ValueError naming
+        the class and the argument, and the constructor checks every value (a ValueError naming it). Under
         ``with torch.device("meta"):`` this builds the network without allocating its weights, which is how a
         checkpoint's config is checked against its weight file before anything is allocated.
         """
@@ -47,17 +52,15 @@ class ConfigurableNetwork(nn.Module):
             raise ValueError(f"a {cls.__name__} config is a dict of constructor arguments, got {type(config).__name__}")
         if "schedule" not in config:
             raise ValueError(f"a {cls.__name__} config needs a 'schedule' entry (see {cls.__name__}.config())")
-        accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-        unknown = sorted(str(k) for k in config if k not in accepted)
-        if unknown:
-            raise ValueError(f"a {cls.__name__} config has unknown entries {unknown}; {cls.__name__} takes {accepted}")
         args = {k: v for k, v in config.items() if k != "schedule"}
         schedule = schedule_from_config(config["schedule"])
+        signature = inspect.signature(cls)
         try:
-            return cls(schedule=schedule, **args)
-        except (TypeError, AttributeError, OverflowError, IndexError, KeyError, RuntimeError) as e:
-            # a missing argument, or a value of the wrong type deep inside torch
-            raise ValueError(f"cannot build a {cls.__name__} from the config {_short(args, 300)}: {type(e).__name__}: {e}") from None
+            bound = signature.bind(schedule=schedule, **args)
+        except TypeError as e:  # an unknown entry, a missing argument (or a key that is not a string)
+            raise ValueError(f"a {cls.__name__} config does not fit {cls.__name__}({', '.join(signature.parameters)}): "
+                             f"{e}") from None
+        return cls(*bound.args, **bound.kwargs)
 
 
 class ScoreNetwork(ConfigurableNetwork):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..models import PARAMETERIZATIONS, NetworkClassifier
 from ..schedules import Schedule
-from .base import MAX_BLOCKS, ConfigurableNetwork, ScoreNetwork, _positive_int
+from .base import MAX_BLOCKS, MAX_SIZE, ConfigurableNetwork, ScoreNetwork, standard_normal
 from .embedding import sinusoidal_embedding
 
 
@@ -22,13 +22,12 @@ def _time_scale(schedule: Schedule) -> float:
 
 
 def _sizes(dim, hidden, depth, emb_dim) -> tuple[int, int, int, int]:
-    """The MLP's sizes, checked: positive integers (depth may be 0, at most MAX_BLOCKS), an even emb_dim."""
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth <= MAX_BLOCKS:
-        raise ValueError(f"depth must be an integer in [0, {MAX_BLOCKS}] (residual blocks), got {depth!r}")
-    emb_dim = _positive_int("emb_dim", emb_dim)
+    """The MLP's sizes, checked: integers in 1 .. MAX_SIZE (depth in 0 .. MAX_BLOCKS), an even emb_dim."""
+    emb_dim = check_int("emb_dim", emb_dim, 1, MAX_SIZE)
     if emb_dim % 2:
         raise ValueError(f"emb_dim must be even (it is the sinusoidal embedding width), got {emb_dim}")
-    return _positive_int("dim", dim), _positive_int("hidden", hidden), int(depth), emb_dim
+    return (check_int("dim", dim, 1, MAX_SIZE), check_int("hidden", hidden, 1, MAX_SIZE),
+            check_int("depth", depth, 0, MAX_BLOCKS), emb_dim)
 
 
 class _TimeMLP(nn.Module):
@@ -39,7 +38,7 @@ class _TimeMLP(nn.Module):
         super().__init__()
         self.time_scale, self.emb_dim = _time_scale(schedule), emb_dim
         self.time = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.label = nn.Embedding(num_labels, hidden) if num_labels else None
+        self.label = nn.Embedding(num_labels, hidden, _weight=standard_normal(num_labels, hidden)) if num_labels else None
         self.inp = nn.Linear(dim_in, hidden)
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim_out))
@@ -70,10 +69,10 @@ class MLPScoreNet(ScoreNetwork):
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         dim, hidden, depth, emb_dim = _sizes(dim, hidden, depth, emb_dim)
         if num_classes is not None:
-            num_classes = _positive_int("num_classes", num_classes)
-        self.schedule, self.parameterization, self.shape = schedule, parameterization, (int(dim),)
+            num_classes = check_int("num_classes", num_classes, 1, MAX_SIZE)
+        self.schedule, self.parameterization, self.shape = schedule, parameterization, (dim,)
         self.num_classes = num_classes
-        self._args = dict(dim=int(dim), parameterization=parameterization, hidden=hidden, depth=depth, emb_dim=emb_dim,
+        self._args = dict(dim=dim, parameterization=parameterization, hidden=hidden, depth=depth, emb_dim=emb_dim,
                           num_classes=num_classes)
         self.body = _TimeMLP(dim, dim, schedule, hidden, depth, emb_dim, 0 if num_classes is None else num_classes + 1)
 
@@ -91,10 +90,9 @@ class MLPClassifier(ConfigurableNetwork):
     def __init__(self, dim: int, num_classes: int, schedule: Schedule, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
         super().__init__()
         dim, hidden, depth, emb_dim = _sizes(dim, hidden, depth, emb_dim)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-            raise ValueError(f"a classifier needs an integer number of classes, at least 2, got {num_classes!r}")
-        self.schedule, self.num_classes = schedule, int(num_classes)
-        self._args = dict(dim=int(dim), num_classes=int(num_classes), hidden=hidden, depth=depth, emb_dim=emb_dim)
+        num_classes = check_int("num_classes", num_classes, 2, MAX_SIZE)
+        self.schedule, self.num_classes = schedule, num_classes
+        self._args = dict(dim=dim, num_classes=num_classes, hidden=hidden, depth=depth, emb_dim=emb_dim)
         self.body = _TimeMLP(dim, num_classes, schedule, hidden, depth, emb_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

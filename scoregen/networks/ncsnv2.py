@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..models import NetworkScoreModel, _on_host
 from ..schedules import DiscreteVE
-from .base import ScoreNetwork, _positive_int
+from .base import MAX_SIZE, ScoreNetwork, standard_normal
 
 __all__ = ["NCSNv2"]
 
@@ -92,8 +93,10 @@ class _InstanceNormPlus(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.alpha = nn.Parameter(1.0 + 0.02 * torch.randn(channels))
-        self.gamma = nn.Parameter(1.0 + 0.02 * torch.randn(channels))
+        # 1 + 0.02 N(0, 1) as the reference draws it, computed in place: bit for bit the reference's numbers on
+        # the CPU, and free on the meta device, where an out-of-place product would import torch._dynamo.
+        self.alpha = nn.Parameter(standard_normal(channels).mul_(0.02).add_(1.0))
+        self.gamma = nn.Parameter(standard_normal(channels).mul_(0.02).add_(1.0))
         self.beta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -259,8 +262,8 @@ class NCSNv2(ScoreNetwork):
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
         if not isinstance(centered, bool):
             raise ValueError(f"centered must be True (inputs in [-1, 1]) or False (inputs in [0, 1]), got {centered!r}")
-        image_size, in_channels = _positive_int("image_size", image_size), _positive_int("in_channels", in_channels)
-        ngf = _positive_int("ngf", ngf)
+        image_size = check_int("image_size", image_size, 1, MAX_SIZE)
+        in_channels, ngf = check_int("in_channels", in_channels, 1, MAX_SIZE), check_int("ngf", ngf, 1, MAX_SIZE)
         if ngf < 2:
             raise ValueError(f"ngf must be at least 2 (InstanceNorm++ standardises channel means across channels), got {ngf}")
         self.factor = 2 ** sum(1 for i, (_, _, _, dil) in enumerate(_STAGES[variant]) if i > 0 and dil is None)

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int, check_real
 from ..models import PARAMETERIZATIONS
 from ..schedules import DiscreteVP, Schedule
-from .base import MAX_BLOCKS, ScoreNetwork, _positive_int
+from .base import MAX_BLOCKS, MAX_SIZE, ScoreNetwork, standard_normal
 from .embedding import sinusoidal_embedding
 from .mlp import _time_scale
 
@@ -139,7 +140,8 @@ class UNet(ScoreNetwork):
         parameterization: what the output is: ``"eps"``, ``"score"``, ``"x0"`` or ``"v"``.
         base_channels: channels at the top resolution (also the sinusoidal embedding width; the time
             embedding is ``4 * base_channels`` wide).
-        channel_mult: channel multiplier per resolution, top first; ``len(channel_mult)`` resolutions.
+        channel_mult: channel multiplier per resolution, top first; ``len(channel_mult)`` resolutions. Every
+            size (channel counts included) is at most ``MAX_SIZE`` = 2**24.
         num_res_blocks: residual blocks per resolution on the way down (one more on the way up).
         attention_resolutions: feature-map sides (e.g. 16 for 16x16) that get self-attention; each must be
             one of ``image_size, image_size / 2, ...``. The middle block always has attention.
@@ -171,21 +173,21 @@ class UNet(ScoreNetwork):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
-        image_size, in_channels = _positive_int("image_size", image_size), _positive_int("in_channels", in_channels)
-        base, groups = _positive_int("base_channels", base_channels), _positive_int("groups", groups)
-        num_res_blocks = _positive_int("num_res_blocks", num_res_blocks, MAX_BLOCKS)
+        image_size = check_int("image_size", image_size, 1, MAX_SIZE)
+        in_channels = check_int("in_channels", in_channels, 1, MAX_SIZE)
+        base, groups = check_int("base_channels", base_channels, 1, MAX_SIZE), check_int("groups", groups, 1, MAX_SIZE)
+        num_res_blocks = check_int("num_res_blocks", num_res_blocks, 1, MAX_BLOCKS)
         if isinstance(channel_mult, (str, bytes)) or not isinstance(channel_mult, Sequence) or len(channel_mult) == 0:
             raise ValueError(f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}")
         if len(channel_mult) > MAX_BLOCKS:
             raise ValueError(f"channel_mult has {len(channel_mult)} resolutions, more than {MAX_BLOCKS}")
-        mult = tuple(_positive_int("each channel_mult entry", c) for c in channel_mult)
+        mult = tuple(check_int("each channel_mult entry", c, 1, MAX_SIZE // base) for c in channel_mult)
         if isinstance(attention_resolutions, (str, bytes)) or not isinstance(attention_resolutions, Sequence):
             raise ValueError(f"attention_resolutions must be a sequence of feature-map sides, got {attention_resolutions!r}")
-        attn_res = tuple(_positive_int("each attention resolution", r) for r in attention_resolutions)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        attn_res = tuple(check_int("each attention resolution", r, 1, MAX_SIZE) for r in attention_resolutions)
+        dropout = check_real("dropout", dropout, 0.0, 1.0, hi_open=True)
         if num_classes is not None:
-            num_classes = _positive_int("num_classes", num_classes)
+            num_classes = check_int("num_classes", num_classes, 1, MAX_SIZE)
         if base % 2:
             raise ValueError(f"base_channels must be even (it is the sinusoidal embedding width), got {base}")
         factor = 2 ** (len(mult) - 1)
@@ -215,12 +217,13 @@ class UNet(ScoreNetwork):
         self._args = dict(
             image_size=image_size, in_channels=in_channels, parameterization=parameterization, base_channels=base,
             channel_mult=list(mult), num_res_blocks=num_res_blocks, attention_resolutions=list(attn_res),
-            dropout=float(dropout), num_classes=num_classes, groups=groups,
+            dropout=dropout, num_classes=num_classes, groups=groups,
         )
         self.time_scale, self.base_channels = _time_scale(schedule), base
         emb = 4 * base
         self.time_embed = nn.Sequential(_xavier(nn.Linear(base, emb)), nn.SiLU(), _xavier(nn.Linear(emb, emb)))
-        self.label_embed = nn.Embedding(num_classes + 1, emb) if num_classes is not None else None
+        self.label_embed = (nn.Embedding(num_classes + 1, emb, _weight=standard_normal(num_classes + 1, emb))
+                            if num_classes is not None else None)
 
         self.conv_in = _conv(in_channels, base)
         self.down = nn.ModuleList()

@@ -1,20 +1,27 @@
-"""What every sampler shares: its level grid, its prior draw, progress reporting."""
+"""What every sampler shares: its level grid, its prior draw, progress reporting, warnings at the user's call."""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from typing import Optional
 
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from ..models import ScoreModel
+from ..schedules import MAX_LEVELS
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scoregen folder
 
 
 def levels_to_clean(model: ScoreModel, steps: Optional[int]) -> tuple[list[float], list[float]]:
     """``(m, sigma)`` of ``steps`` of the model's trained levels (all if None), noisiest first, then the
     clean level (m=1, sigma=0) the last step lands on. Python floats: coefficients are computed once per run."""
-    m, sigma = model.schedule.levels(steps)
+    m, sigma = model.schedule.levels(None if steps is None else check_int("steps", steps, 1, MAX_LEVELS))
     return [float(v) for v in m] + [1.0], [float(v) for v in sigma] + [0.0]
 
 
@@ -28,3 +35,15 @@ def prior(z: Tensor, m: float, sigma: float) -> Tensor:
 def progress_bar(total: int, progress: Optional[bool], desc: str):
     """A tqdm bar over sampler steps; ``progress=None`` shows it only on a terminal."""
     return tqdm(total=total, disable=None if progress is None else not progress, desc=desc, unit="step", leave=False)
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the user's call: the innermost frame outside the scoregen package.
+
+    A fixed ``stacklevel`` is right for one call path only (``sample() -> langevin()`` is a frame deeper than
+    ``langevin()`` called directly); counting the package's own frames is right for every path.
+    """
+    frame, level = sys._getframe(1), 2  # stacklevel 2: this function's caller
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .._checks import check_real
 from ..models import ScoreModel
 from ..schedules import transition
 from ._common import levels_to_clean, prior, progress_bar
@@ -29,8 +30,7 @@ def ddim(
     Runs on ``steps`` evenly spaced trained levels (default 50, or all if the model has fewer). eta = 1 is exactly DDPM ancestral
     sampling with variance beta_tilde; eta = 0 is the deterministic probability-flow discretisation.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-equivalent), got {eta}")
+    eta = check_real("eta (0: deterministic DDIM, 1: DDPM-equivalent)", eta, 0.0, 1.0)
     if steps is None:
         trained = model.schedule.times
         steps = 50 if trained is None else min(50, len(trained))

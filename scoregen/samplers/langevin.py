@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -11,9 +10,9 @@ import torch
 from torch import Tensor
 
 from ..models import ScoreModel
-from .._checks import check_int
-from ..schedules import ncsnv2_levels
-from ._common import prior, progress_bar
+from .._checks import check_int, check_real
+from ..schedules import MAX_LEVELS, ncsnv2_levels
+from ._common import prior, progress_bar, warn_at_caller
 
 
 #: sigma_min must be at least this many units of the dtype's resolution eps (float32: 8 * 1.2e-7, about 1e-6;
@@ -44,9 +43,9 @@ def _sigma_grid(model: ScoreModel, dim: int, levels: Optional[int], sigma_max: O
             and schedule.times is not None:
         return [float(s) for s in schedule.levels()[1]]
     default_max, default_min = model.sigma_range
-    sigma_max = default_max if sigma_max is None else float(sigma_max)
-    sigma_min = default_min if sigma_min is None else float(sigma_min)
-    if not (math.isfinite(sigma_max) and sigma_max > sigma_min > 0):
+    sigma_max = check_real("sigma_max", default_max if sigma_max is None else sigma_max, 0.0, lo_open=True)
+    sigma_min = check_real("sigma_min", default_min if sigma_min is None else sigma_min, 0.0, lo_open=True)
+    if not sigma_max > sigma_min:
         raise ValueError(f"need finite sigma_max > sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
     eps = torch.finfo(dtype).eps
     lowest = RESOLUTION_ULPS * eps
@@ -57,17 +56,17 @@ def _sigma_grid(model: ScoreModel, dim: int, levels: Optional[int], sigma_max: O
             f"state by less than its rounding (relative resolution {eps:.2g}), so such levels do nothing. Use "
             f"sigma_min >= {lowest:.3g} (usable range [{lowest:.3g}, sigma_max={sigma_max:g})), or sample in a wider "
             "dtype (dtype=torch.float64)")
-    levels = ncsnv2_levels(sigma_max, sigma_min, dim) if levels is None else check_int("levels", levels)
+    levels = ncsnv2_levels(sigma_max, sigma_min, dim) if levels is None else check_int("levels", levels, 1, MAX_LEVELS)
     if levels == 1:
         return [sigma_min]
     ratio = (sigma_max / sigma_min) ** (1.0 / (levels - 1))
     if ratio > MAX_LEVEL_RATIO:
         fine = math.ceil(math.log(sigma_max / sigma_min) / math.log(MAX_LEVEL_RATIO)) + 1
-        warnings.warn(
+        warn_at_caller(
             f"langevin: {levels} levels from sigma_max={sigma_max:g} to sigma_min={sigma_min:g} shrink sigma by a factor "
             f"of {ratio:.3g} per level; each level only relaxes the state over a few times its own sigma, so beyond a "
             f"factor of {MAX_LEVEL_RATIO:g} the samples keep the spread of a much noisier level: raise levels to at "
-            f"least {fine} (or raise sigma_min)", UserWarning, stacklevel=4)
+            f"least {fine} (or raise sigma_min)", UserWarning)
     return [float(s) for s in np.geomspace(sigma_max, sigma_min, levels)]
 
 
@@ -104,9 +103,7 @@ def langevin(
     """
     sigmas = _sigma_grid(model, math.prod(z.shape[1:]), levels, sigma_max, sigma_min, z.dtype)
     steps_per_level = check_int("steps_per_level", steps_per_level)
-    step_lr = 0.2 * sigmas[-1] ** 2 if step_lr is None else float(step_lr)
-    if not (math.isfinite(step_lr) and step_lr > 0):
-        raise ValueError(f"step_lr must be a finite number > 0, got {step_lr}")
+    step_lr = 0.2 * sigmas[-1] ** 2 if step_lr is None else check_real("step_lr", step_lr, 0.0, lo_open=True)
     x, noise = prior(z, 1.0, sigmas[0]), torch.empty_like(z)
     with progress_bar(len(sigmas) * steps_per_level, progress, "langevin") as bar:
         for i, sigma in enumerate(sigmas):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 from typing import Optional, Sequence
 
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from ..io import atomic_write, read_json
 from ..models import Level, ScoreModel, _col, check_level, class_labels
-from .._checks import check_int
+from .._checks import check_int, short
 from ..schedules import DiscreteVP, Schedule
 
 __all__ = ["GaussianMixture"]
@@ -96,23 +95,10 @@ class GaussianMixture(ScoreModel):
         with atomic_write(path) as f:
             json.dump(spec, f)
 
-    def check_class(self, y) -> int:
-        """``y`` as a Python int if it is one of this mixture's classes 0..C-1; else a ValueError (bools and
-        floats included: ``int(2.7)`` would quietly be class 2)."""
-        try:
-            if isinstance(y, (bool, np.bool_)):
-                raise TypeError
-            c = operator.index(y)
-        except TypeError:
-            raise ValueError(f"{self.name}: a class must be an integer in 0..{self.num_classes - 1}, got {y!r}") from None
-        if not 0 <= c < self.num_classes:
-            raise ValueError(f"{self.name}: class {c} is not one of its classes 0..{self.num_classes - 1}")
-        return c
-
     def conditional(self, y: int) -> "GaussianMixture":
         """The exact conditional p(x | y): the components of class y, weights renormalised; a one-class mixture
-        (its components all have label 0)."""
-        y = self.check_class(y)
+        (its components all have label 0). ``y``: an int or a one-element integer tensor, one of 0..C-1."""
+        y = int(class_labels(y, 1, None, self.num_classes, f"{self.name}: ")[0])
         keep = self.labels == y
         return GaussianMixture(self.weights[keep], self.means[keep], self.stds[keep], np.zeros(int(keep.sum()), dtype=np.int64),
                                schedule=self.schedule, name=f"{self.name}|y={y}")
@@ -215,11 +201,16 @@ class GaussianMixture(ScoreModel):
 
 
 def _validate(weights, means, stds, labels):
-    def arr(name, v, ndim):
+    def arr(name, v, ndim, want=None):
+        want = want or ("a list of numbers" if ndim == 1 else "a list of equal-length lists of numbers")
         try:
+            # bools and numeric strings convert to float64 silently: refused from the elements as given
+            given = np.asarray(v, dtype=object).ravel()
             a = np.asarray(v, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValueError(f"'{name}' must be {'a list of numbers' if ndim == 1 else 'a list of equal-length lists of numbers'}") from None
+            raise ValueError(f"'{name}' must be {want}") from None
+        if any(isinstance(e, (bool, np.bool_, str, bytes)) for e in given):
+            raise ValueError(f"'{name}' must be {want}, not booleans or strings")
         if a.ndim != ndim:
             raise ValueError(f"'{name}' must be {ndim}-dimensional, got shape {a.shape}")
         if not np.all(np.isfinite(a)):
@@ -240,32 +231,25 @@ def _validate(weights, means, stds, labels):
         raise ValueError(f"every std must be positive; stds[{int(np.argmin(s))}] = {s.min()!r}")
     if labels is None:
         return w, mu, s, np.arange(K)
-    if any(isinstance(v, (bool, np.bool_)) for v in np.asarray(labels, dtype=object).ravel()):
-        raise ValueError("'labels' must be non-negative integers (the class of each component), not booleans")
-    lab = arr("labels", labels, 1)
+    lab = arr("labels", labels, 1, "non-negative integers (the class of each component)")
     if len(lab) != K:
         raise ValueError(f"'labels' has {len(lab)} entries, 'weights' {K}; one class label per component")
     if np.any(lab < 0) or np.any(lab != np.round(lab)):
         raise ValueError("'labels' must be non-negative integers (the class of each component)")
-    # dense classes 0..C-1, each with a component. The missing classes are listed from the distinct labels
-    # (at most K of them), never by enumerating 0..max: a label of 1e9 is refused here at once, instead of
-    # making the classifier loop over a billion classes
+    # dense classes 0..C-1, each with a component. The gaps are found among the distinct labels (at most K of them),
+    # never by enumerating 0..max: a label of 1e9 is refused here at once, instead of making the classifier loop
+    # over a billion classes
     present = np.unique(lab)
     top = present[-1]
     n_missing = top + 1 - present.size
-    count = lambda v: str(int(v)) if v < 2**53 else f"{v:g}"  # noqa: E731  exact below 2^53
     if n_missing:
-        seen, first = set(present.tolist()), []
-        c = 0
-        while len(first) < min(10, n_missing):
-            if c not in seen:
-                first.append(c)
-            c += 1
-        shown = ", ".join(str(c) for c in first) + (f", ... ({count(n_missing)} in all)" if n_missing > len(first) else "")
+        # 0..K+9 holds at most K distinct labels, so the first 10 gaps (or all of them, below top) lie in it
+        gaps = np.setdiff1d(np.arange(int(min(top + 1, K + 10))), present)[:10]
+        shown = ", ".join(str(int(c)) for c in gaps) + (f", ... ({n_missing:.15g} in all)" if n_missing > len(gaps) else "")
         raise ValueError(
             f"'labels' must name classes 0..C-1, each with at least one component (so at most {K} classes for {K} "
             f"components): {'class' if n_missing == 1 else 'classes'} {shown} {'has' if n_missing == 1 else 'have'} no "
-            f"component (largest label {count(top)}, for {K} components); relabel the "
-            f"classes 0..C-1 in order, e.g. labels {np.unique(lab, return_inverse=True)[1].tolist()}")
+            f"component (largest label {top:.15g}, for {K} components); relabel the classes 0..C-1 in order, e.g. "
+            f"labels {short(np.unique(lab, return_inverse=True)[1].tolist(), 80)}")
     lab = lab.astype(np.int64)
     return w, mu, s, lab

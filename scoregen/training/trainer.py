@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
-import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -16,10 +14,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..io import CONFIG_NAME, _load_weights, checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
+from .._checks import check_int, check_real, short
+from ..io import checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
+from ..io.checkpoints import CONFIG_NAME, load_weights
+from ..memory import activation_bytes, available_memory, format_bytes
 from .objectives import classifier_loss, ddpm_loss, drop_labels, ncsn_loss
 
-__all__ = ["TrainConfig", "train", "data_fingerprint"]
+__all__ = ["TrainConfig", "train"]
 
 
 @dataclass
@@ -46,21 +47,17 @@ class TrainConfig:
     def __post_init__(self):
         if self.objective not in ("ddpm", "ncsn", "classifier"):
             raise ValueError(f"objective must be 'ddpm', 'ncsn' or 'classifier', got {self.objective!r}")
-        for name, lo in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("warmup", 0), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-                need = "a positive integer" if lo else "a non-negative integer"
-                raise ValueError(f"TrainConfig.{name} must be {need}, got {value!r}")
-            setattr(self, name, int(value))  # a numpy integer would not survive json.dump into the checkpoint
-        if self.seed >= 2**63:
-            raise ValueError(f"TrainConfig.seed must be below 2**63, got {self.seed}")
-        for name, ok, need in (("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
-                               ("grad_clip", lambda v: v > 0, "> 0"), ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
-                               ("label_dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
-                raise ValueError(f"TrainConfig.{name} must be a finite number {need}, got {value!r}")
-            setattr(self, name, float(value))
+        # As plain int / float: a numpy number would not survive json.dump into the checkpoint.
+        self.steps = check_int("TrainConfig.steps", self.steps)
+        self.batch_size = check_int("TrainConfig.batch_size", self.batch_size)
+        self.checkpoint_every = check_int("TrainConfig.checkpoint_every", self.checkpoint_every)
+        self.warmup = check_int("TrainConfig.warmup", self.warmup, 0)
+        self.seed = check_int("TrainConfig.seed", self.seed, 0, 2**63 - 1)  # torch.manual_seed's range
+        self.lr = check_real("TrainConfig.lr", self.lr, 0.0, lo_open=True)
+        self.weight_decay = check_real("TrainConfig.weight_decay", self.weight_decay, 0.0)
+        self.grad_clip = check_real("TrainConfig.grad_clip", self.grad_clip, 0.0, lo_open=True)
+        self.ema_decay = check_real("TrainConfig.ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        self.label_dropout = check_real("TrainConfig.label_dropout", self.label_dropout, 0.0, 1.0, hi_open=True)
 
 
 def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor]:
@@ -106,7 +103,7 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def data_fingerprint(x: Tensor, y: Optional[Tensor]) -> dict:
+def _data_fingerprint(x: Tensor, y: Optional[Tensor]) -> dict:
     """What identifies training data: the shapes and sha256 of x as float32 and of y as int64 (None without
     labels). Stored in a checkpoint's meta (``data_fingerprint``) so that a resume on other data is refused."""
     def digest(t: Tensor, dtype: torch.dtype) -> str:
@@ -119,26 +116,69 @@ def data_fingerprint(x: Tensor, y: Optional[Tensor]) -> dict:
             "y_shape": None if y is None else list(y.shape), "y_sha256": None if y is None else digest(y, torch.int64)}
 
 
-def _check_step(out: str, step: int, steps: int) -> None:
-    if step > steps:
-        raise ValueError(f"cannot resume: the checkpoint in {out} is at step {step}, past the requested {steps} steps; "
-                         f"to train it further ask for more steps (e.g. --steps {2 * step}, steps={2 * step})")
+def _restore(state: dict, path: str, step: int, opt, sched, g: torch.Generator) -> Optional[float]:
+    """Put the optimizer, scheduler and RNG states of a trainer state back, after checking everything that can be
+    checked without applying it: its keys, its step (``step``, config.json's), its running loss and the size
+    of its RNG states. Returns the running loss."""
+    def unfit(why: str) -> ValueError:
+        return ValueError(f"cannot resume: the trainer state in {path} does not fit this training run ({why}); the "
+                          "checkpoint is damaged or from another program")
 
-
-def _restore(state: dict, path: str, opt, sched, g: torch.Generator) -> tuple[int, Optional[float]]:
-    """Put the optimizer, scheduler and RNG states of a trainer state back; returns (step, running loss)."""
+    missing = [k for k in ("optimizer", "scheduler", "generator", "torch_rng", "step", "running_loss") if k not in state]
+    if missing:
+        raise unfit(f"no {', '.join(missing)}")
+    if type(state["step"]) is not int or state["step"] != step:
+        raise unfit(f"it is at step {short(state['step'])}, config.json says {step}")
+    running = state["running_loss"]
+    if not (running is None or isinstance(running, float)):
+        raise unfit(f"running loss {short(running)}")
+    for key, now in (("generator", g.get_state()), ("torch_rng", torch.get_rng_state())):
+        saved = state[key]
+        if not isinstance(saved, Tensor) or saved.dtype != torch.uint8 or saved.shape != now.shape:
+            raise unfit(f"{key} is not an RNG state of {now.numel()} bytes")
     try:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        g.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, running = state["step"], state["running_loss"]
-        if type(step) is not int or not (running is None or isinstance(running, float)):
-            raise TypeError(f"step {step!r}, running loss {running!r}")
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        raise ValueError(f"cannot resume: the trainer state in {path} does not fit this training run "
-                         f"({type(e).__name__}: {e}); the checkpoint is damaged or from another program") from None
-    return step, running
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, IndexError) as e:  # torch's own checks
+        raise unfit(f"{type(e).__name__}: {e}") from None
+    g.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return running
+
+
+#: Copies of a batch of data a training step holds besides the network's activations: x0, the noise, x_t, the target.
+_DATA_COPIES = 4
+#: Copies of the parameters training adds to the network's own: gradients, AdamW's two moments, the EMA.
+_PARAM_COPIES = 4
+
+
+def _check_memory(net: nn.Module, loss_fn, x: Tensor, y: Optional[Tensor], batch_size: int) -> None:
+    """Refuse a batch size whose step cannot fit in the memory available, before anything of its size exists.
+
+    Per sample: the network's activations, measured by one forward pass of the loss on a single sample (outputs
+    that need gradients count twice: autograd keeps them, and the backward pass makes a gradient of each), and
+    :data:`_DATA_COPIES` copies of the sample; once: :data:`_PARAM_COPIES` copies of the parameters. The probe runs
+    in eval mode with its own generator; the caller reseeds the global generator afterwards."""
+    available = available_memory(x.device)
+    if available is None:
+        return
+    mode = net.training
+    try:
+        net.eval()
+        per_sample = activation_bytes([net], lambda: loss_fn(x[:1], None if y is None else y[:1],
+                                                             torch.Generator(x.device).manual_seed(0)))
+    finally:
+        net.train(mode)
+    per_sample += _DATA_COPIES * x[0].numel() * x.element_size()
+    params = _PARAM_COPIES * sum(p.numel() * p.element_size() for p in net.parameters())
+    need = batch_size * per_sample + params
+    if need > available:
+        fits = int((available - params) // per_sample)
+        remedy = f"use --batch-size {fits} (batch_size={fits}) or less" if fits >= 1 else \
+            "even a batch of one does not fit: free memory, or train a smaller network"
+        raise ValueError(f"a training batch of {batch_size} needs about {format_bytes(need)} ({format_bytes(per_sample)} "
+                         f"per sample for the network's activations and the data, {format_bytes(params)} for gradients, "
+                         f"optimizer state and the EMA), more than the {format_bytes(available)} available: {remedy}")
 
 
 def train(
@@ -158,7 +198,8 @@ def train(
 
     Every ``checkpoint_every`` steps and at the end, ``out_dir`` receives the weights, their EMA, and the
     optimizer / scheduler / RNG state (see :func:`~scoregen.io.save_checkpoint`); the folder is locked
-    for the whole run (:class:`~scoregen.errors.FolderInUseError` if another process holds it).
+    for the whole run (:class:`~scoregen.errors.FolderInUseError` if another process, or another thread of
+    this one, holds it).
 
     A folder that already holds a checkpoint is never trained over silently: ``resume=True`` continues it,
     after checking that its network, training config and data (a fingerprint of x and y) match; on CPU the
@@ -180,15 +221,16 @@ def train(
         raise ValueError(f"y must be a tensor of shape (N,) = ({x.shape[0]},), one label per sample, got "
                          f"{getattr(y, 'shape', type(y).__name__)}")
     loss_fn = _loss_fn(config, net)
+    _check_memory(net, loss_fn, x, y, config.batch_size)  # before the seed: the probe's draws are then forgotten
     out = os.fspath(out_dir)
-    fingerprint = data_fingerprint(x, y)
+    fingerprint = _data_fingerprint(x, y)
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout draws from the global generator
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     ema = copy.deepcopy(net).requires_grad_(False)
     start, running = 0, None
-    with checkpoint_lock(out):  # from reading the checkpoint to the last save: no other process writes here
+    with checkpoint_lock(out):  # from reading the checkpoint to the last save: no other writer here
         existing = os.path.lexists(os.path.join(out, CONFIG_NAME))
         if existing and not resume and not overwrite:
             try:
@@ -256,30 +298,24 @@ def _resume(out: str, net: nn.Module, ema: nn.Module, config: TrainConfig, finge
         raise ValueError(f"cannot resume: the checkpoint was trained on other data ({_describe(recorded)}; "
                          f"the data given: {_describe(fingerprint)}); resume with the same data, or train afresh "
                          "into another folder")
-    _check_step(out, ckpt["step"], config.steps)
+    step = ckpt["step"]
+    if step > config.steps:
+        raise ValueError(f"cannot resume: the checkpoint in {out} is at step {step}, past the requested {config.steps} "
+                         f"steps; to train it further ask for more than {step} steps")
     for kind in ("ema", "trainer"):
         if kind not in ckpt["files"]:
             raise ValueError(f"cannot resume: the checkpoint in {out} has no {kind} file (an exported checkpoint holds "
                              "only the weights for sampling); train afresh with overwrite=True (--overwrite)")
-    _load_weights(net, out, ckpt, "weights")
-    _load_weights(ema, out, ckpt, "ema")
-    path = os.path.join(out, ckpt["files"]["trainer"]["name"])
-    step, running = _restore(load_trainer_state(out, ckpt), path, opt, sched, g)
-    if step != ckpt["step"]:
-        raise ValueError(f"cannot resume: the trainer state in {path} is at step {step} but config.json says "
-                         f"{ckpt['step']}; the checkpoint is damaged")
-    return step, running
+    state = load_trainer_state(out, ckpt)
+    load_weights(net, out, ckpt, "weights")
+    load_weights(ema, out, ckpt, "ema")
+    return step, _restore(state, os.path.join(out, ckpt["files"]["trainer"]["name"]), step, opt, sched, g)
 
 
 def _describe(fingerprint) -> str:
     if not isinstance(fingerprint, dict):
-        return _as_json_text(fingerprint)
+        return short(fingerprint, 200)
     x = f"x of shape {fingerprint.get('x_shape')} (sha256 {str(fingerprint.get('x_sha256'))[:12]}...)"
     if fingerprint.get("y_shape") is None:
         return x + ", no labels"
     return x + f", labels of shape {fingerprint.get('y_shape')} (sha256 {str(fingerprint.get('y_sha256'))[:12]}...)"
-
-
-def _as_json_text(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) < 200 else text[:200] + "..."
