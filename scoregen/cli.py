@@ -29,35 +29,23 @@ def _target_arg(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected one of {sorted(BUILTIN_TARGETS)} or a PATH.json mixture file, got {value!r}")
 
 
-def _positive_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(convert, what: str, ok):
+    """An argparse type: ``convert(text)`` (int or float) that satisfies ``ok``, else "expected WHAT, got TEXT"."""
+    def parse(value: str):
+        try:
+            v = convert(value)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return v
+
+    return parse
 
 
-def _seed(value: str) -> int:
-    """A seed for torch.Generator: an integer in [0, 2**63)."""
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if not 0 <= v < 2**63:
-        raise argparse.ArgumentTypeError(f"a seed must lie in 0 .. 2**63 - 1, got {v}")
-    return v
-
-
-def _finite_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
-    return v
+_positive_int = _number(int, "a positive integer", lambda v: v >= 1)
+_seed = _number(int, "an integer seed in 0 .. 2**63 - 1 (a torch.Generator seed)", lambda v: 0 <= v < 2**63)
+_finite_float = _number(float, "a finite number", math.isfinite)
 
 
 def _check_output(parser: argparse.ArgumentParser, flag: str, path: str, suffix: str) -> None:

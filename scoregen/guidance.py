@@ -89,6 +89,7 @@ class LikelihoodGuidance(ModelTransform):
     #: (a measurement's 1 / sigma_y^2, say) and any finite gamma >= 0 may be meaningful for it.
     max_scale: Optional[float] = None
     role = "the guidance"
+    reads_input_only = True
 
     def __init__(self, model: ScoreModel, log_likelihood: LogLikelihood, scale: float = 1.0):
         super().__init__(model)
@@ -187,6 +188,7 @@ class ClassifierFreeGuidance(ModelTransform):
     """
 
     role = "the guidance"
+    reads_input_only = True
 
     def __init__(self, model: ScoreModel, null_label: Optional[int], scale: float = 0.0):
         super().__init__(model)

@@ -73,15 +73,12 @@ def check_like(out, like: Tensor, what: str) -> Tensor:
     return out
 
 
-def network_input(x_in: Tensor, read_after: bool) -> Tensor:
-    """The tensor to hand a network for its input ``x_in``: a copy when the caller reads ``x_in`` again after the
-    call (to convert an x0 or v output to eps), since a network may write to its input (in-place activations,
-    ``x.mul_``); else ``x_in`` itself.
-
-    The caller's own ``x`` is not protected here: :func:`scoregen.sample` hands every model a copy of its state,
-    and a direct caller owns its tensors (one copy per evaluation, not one per layer of a model stack).
-    """
-    return x_in.clone() if read_after else x_in
+def network_input(x: Tensor, x_in: Tensor, read_after: bool) -> Tensor:
+    """The tensor to hand a network for its input ``x_in`` (computed from the caller's ``x``): a network may write
+    to its input (in-place activations, ``x.mul_``), so a copy when ``x_in`` is the caller's own tensor (the
+    sampler's state, when no rescaling was needed) or is read again after the call (to convert an x0 or v output
+    to eps); else ``x_in`` itself, a fresh tensor nobody reads again. At most one copy per evaluation."""
+    return x_in.clone() if read_after or x_in is x else x_in
 
 
 def class_labels(y, batch: int, device: Union[str, torch.device, None], num_classes: Optional[int] = None,
@@ -228,6 +225,10 @@ class ScoreModel:
 
     shape: tuple[int, ...]
     schedule: Schedule
+    #: True when evaluating the model never writes to the caller's ``x`` (it only reads it, and hands any code
+    #: that might write, such as a network, a copy). :func:`scoregen.sample` gives a model that does not say so
+    #: a copy of its state at every evaluation: samplers update their state in place.
+    protects_input: bool = False
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
@@ -326,11 +327,12 @@ class NetworkScoreModel(ScoreModel):
 
     This is also how to bring any ``eps(x, t)`` callable: ``NetworkScoreModel(fn, DiscreteVP.linear())``.
 
-    The network may write to its input (in-place activations) without changing the answer: for x0 and v outputs,
-    which are converted to eps with the input after the call, it gets a copy. The caller's ``x`` is handed on
-    as is when no rescaling is needed: :func:`scoregen.sample` gives every evaluation a copy of its state, and a
-    direct caller of :meth:`eps` owns its tensors (pass a copy if x must survive a network that writes to it).
+    The network may write to its input (in-place activations) without harm: it never gets the caller's ``x``
+    itself (a copy when no rescaling is needed) nor an input read again after the call (x0 and v outputs are
+    converted to eps with it), so the model :attr:`protects_input`.
     """
+
+    protects_input = True
 
     def __init__(
         self,
@@ -353,7 +355,7 @@ class NetworkScoreModel(ScoreModel):
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
-        net_in = network_input(x_in, read_after=self.parameterization in ("x0", "v"))
+        net_in = network_input(x, x_in, read_after=self.parameterization in ("x0", "v"))
         out = self.net(net_in, t) if y is None else self.net(net_in, t, y)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -401,6 +403,15 @@ class ModelTransform(ScoreModel):
     def sigma_range(self) -> tuple[float, float]:
         return self.model.sigma_range
 
+    #: Set by transforms whose own code only reads x (scoregen's guidance and x0 hooks; guidance differentiates
+    #: through a detached view, which autograd keeps from being written): such a stack is as safe as the model
+    #: it wraps. A transform that does not say so is assumed to write (:attr:`ScoreModel.protects_input`).
+    reads_input_only = False
+
+    @property
+    def protects_input(self) -> bool:  # type: ignore[override]
+        return self.reads_input_only and getattr(self.model, "protects_input", False)
+
     def eval_bytes_per_sample(self, dtype: torch.dtype) -> int:
         return declared_bytes(self.model, dtype)
 
@@ -413,6 +424,7 @@ class X0Hook(ModelTransform):
     """
 
     role = "the x0 hook"
+    reads_input_only = True
 
     def __init__(self, model: ScoreModel, hook: Callable[[Tensor], Tensor]):
         super().__init__(model)

@@ -103,18 +103,27 @@ def test_a_denoiser_that_writes_to_its_input_cannot_corrupt_the_state():
     assert torch.equal(got, want)
 
 
-class ScribblesOnCall(ModelTransform):
-    """The wrapped model, but on its ``at``-th call it writes to its input after reading it."""
+class MisbehavesOnCall(ModelTransform):
+    """The wrapped model, but on its ``at``-th call (counting every call) it misbehaves (:meth:`act`)."""
 
     def __init__(self, model, at):
         super().__init__(model)
         self.at, self.calls = at, 0
 
+    def act(self, x, out):
+        raise NotImplementedError
+
     def eps(self, x, sigma, m=1.0, y=None):
         self.calls += 1
         out = self.model.eps(x, sigma, m, y)
-        if self.calls == self.at:
-            x.mul_(1e6)
+        return self.act(x, out) if self.calls == self.at else out
+
+
+class ScribblesOnCall(MisbehavesOnCall):
+    """Writes to its input after reading it."""
+
+    def act(self, x, out):
+        x.mul_(1e6)
         return out
 
 
@@ -129,20 +138,34 @@ def test_a_model_that_writes_to_its_input_on_any_call_cannot_corrupt_the_state(a
     assert dirty.calls > at and torch.equal(got, sg.sample(clean, sampler, 16, **kw).samples)
 
 
-def test_a_network_gets_a_copy_only_when_its_input_is_read_after_the_call():
-    """NetworkScoreModel copies the input it reads again (x0 and v outputs are converted to eps with it) and hands
-    anything else on as is: sample() already gave the evaluation a copy of its state, so a second one is waste."""
-    seen = []
-
+def test_a_network_never_gets_the_callers_tensor():
+    """NetworkScoreModel hands its network a copy when the input would be the caller's own tensor (no rescaling)
+    or is read again after the call (x0 and v outputs are converted to eps with it), else the rescaled input, a
+    fresh tensor nobody reads again: so sample() need not copy its state for it (protects_input)."""
     def net(x, t):
-        seen.append(x)
-        return torch.zeros_like(x)
+        x.mul_(0)  # an in-place network
+        return torch.ones_like(x)
 
     x = torch.randn(4, 2)
-    sigma, m = float(VP.sigma(500)), float(VP.m(500))  # a trained level: no rescaling, x_in is x
-    for parameterization, copied in [("eps", False), ("score", False), ("x0", True), ("v", True)]:
-        sg.NetworkScoreModel(net, VP, parameterization, shape=(2,)).eps(x, sigma, m)
-        assert (seen[-1] is not x) == copied and torch.equal(seen[-1], x), parameterization
+    kept = x.clone()
+    trained = float(VP.sigma(500)), float(VP.m(500))  # a trained VP level: no rescaling, x_in is x
+    ve = 0.5, 1.0  # a VE level: x_in = x * m_model, a new tensor
+    for (sigma, m), parameterization in [(trained, "eps"), (trained, "x0"), (ve, "eps"), (ve, "score"), (ve, "x0"), (ve, "v")]:
+        model = sg.NetworkScoreModel(net, VP, parameterization, shape=(2,))
+        eps = model.eps(x, sigma, m)
+        honest = sg.NetworkScoreModel(lambda x, t: torch.ones_like(x), VP, parameterization, shape=(2,)).eps(x, sigma, m)
+        assert torch.equal(x, kept) and torch.equal(eps, honest), parameterization
+        assert model.protects_input
+
+
+def test_only_models_that_protect_their_input_skip_the_copy():
+    class Custom(ScribblesOnCall):
+        pass
+
+    assert RING.protects_input and sg.X0Hook(RING, sg.clip_x0()).protects_input
+    assert sg.ClassifierGuidance(RING, RING.classifier, 1.0).protects_input
+    assert not Custom(RING, 0).protects_input  # a user's transform may write: sample() copies for it
+    assert not sg.X0Hook(Custom(RING, 0), sg.clip_x0()).protects_input
 
 
 # ------------------------------------------------------------------ 2. output shape, dtype, device
@@ -195,17 +218,11 @@ def test_an_x0_hook_output_of_the_wrong_kind_is_refused(hook, needle):
 # ------------------------------------------------------------------ 3. NaN / inf at the step where it appears
 
 
-class NaNAt(ModelTransform):
-    """Returns NaN on its ``at``-th call (counting every call), the wrapped model's eps otherwise."""
+class NaNAt(MisbehavesOnCall):
+    """Returns NaN instead of the wrapped model's eps."""
 
-    def __init__(self, model, at):
-        super().__init__(model)
-        self.at, self.calls = at, 0
-
-    def eps(self, x, sigma, m=1.0, y=None):
-        self.calls += 1
-        out = self.model.eps(x, sigma, m, y)
-        return out * math.nan if self.calls == self.at else out
+    def act(self, x, out):
+        return out * math.nan
 
 
 @CHECK_MODES

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..io import MAX_CONFIG_BYTES, read_json
-from ..models import Level, NetworkScoreModel, clip_x0, to_eps
+from ..models import Level, NetworkScoreModel, clip_x0, network_input, to_eps
 from ..schedules import ContinuousVE, DiscreteVP, Schedule
 
 __all__ = [
@@ -277,7 +277,8 @@ class DiffusersScoreModel(NetworkScoreModel):
         # NCSN++: hand the UNet the matched sigma itself (in float64 until the call), not a float32 time label
         x_in, _, m_t, sigma_t = self.levels(x, sigma, m)
         s = torch.as_tensor(sigma_t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        return to_eps(self.net.at_sigma(x_in, s, y), x_in, m_t, sigma_t, "score")  # a score output: x_in is not read after
+        out = self.net.at_sigma(network_input(x, x_in, read_after=False), s, y)
+        return to_eps(out, x_in, m_t, sigma_t, "score")  # a score output: x_in is not read after
 
     def __repr__(self) -> str:
         return (f"DiffusersScoreModel({type(self.unet).__name__} {self.shape}, {self.scheduler_class}, "

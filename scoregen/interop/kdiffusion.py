@@ -38,8 +38,10 @@ class DenoiserScoreModel(ScoreModel):
     and the class label ``y`` as ``D(x, s, y)`` or, with ``label_kwarg``, as ``D(x, s, **{label_kwarg: y})``.
 
     ``schedule`` is ``ContinuousVE(sigma_min, sigma_max, t_min=0)``: samplers' default grids run from
-    sigma_max down to sigma_min, geometrically.
+    sigma_max down to sigma_min, geometrically. ``D`` gets its own copy of the input (:attr:`protects_input`).
     """
+
+    protects_input = True
 
     def __init__(self, denoiser: Callable[..., Tensor], shape: tuple[int, ...], sigma_min: float, sigma_max: float,
                  *, label_kwarg: Optional[str] = None):
@@ -64,7 +66,7 @@ class DenoiserScoreModel(ScoreModel):
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         s = self.ve_sigma(x, sigma, m)
         x_ve = x if not isinstance(m, Tensor) and m == 1.0 else x / _col(m, x)
-        d_in = network_input(x_ve, read_after=True)  # eps below reads x_ve: D may write to its own copy only
+        d_in = network_input(x, x_ve, read_after=True)  # eps below reads x_ve: D may write to its own copy only
         if y is None:
             out = self.denoiser(d_in, s)
         elif self.label_kwarg is None:

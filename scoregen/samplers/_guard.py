@@ -36,8 +36,9 @@ def _finite(t: Tensor) -> bool:
 class Guarded(ModelTransform):
     """The model stack as a sampler sees it in :func:`scoregen.sample`, for one batch whose state is like ``state``.
 
-    On every evaluation the model gets a copy of x: samplers update their state in place, and a model may write
-    to its input (an in-place activation, ``x.mul_``); the copy is what makes that harmless, on every call.
+    Samplers update their state in place, and a model may write to its input (an in-place activation, ``x.mul_``):
+    on every evaluation a model gets a copy of x, unless it :attr:`~scoregen.ScoreModel.protects_input` itself
+    (exact mixtures, which only read x; network adapters, which hand their network a copy).
     It counts the evaluations (NFE) and checks what the sampler gets back:
 
     * on the first evaluation, that the answer is a tensor with exactly x's shape, dtype and device;
@@ -54,6 +55,7 @@ class Guarded(ModelTransform):
     def __init__(self, model: ScoreModel, sampler: str, name: str, state: Tensor):
         super().__init__(model)
         self.sampler, self.name = sampler, name
+        self._protected = bool(getattr(model, "protects_input", False))  # see ScoreModel.protects_input
         self.check_every = check_every(state.device)
         self.nfe = 0
         self._queries: dict[int, tuple] = {}  # evaluation -> (method, sigma, m, y) since the flags were last read
@@ -72,7 +74,8 @@ class Guarded(ModelTransform):
 
     def _evaluate(self, method: str, x: Tensor, sigma: Level, m: Level, y: Optional[Tensor]) -> Tensor:
         self.nfe += 1
-        out = getattr(self.model, method)(x.clone(), sigma, m, y)
+        # the state is updated in place: a model that does not promise to leave its input alone gets a copy
+        out = getattr(self.model, method)(x if self._protected else x.clone(), sigma, m, y)
         if self.nfe == 1:
             check_like(out, x, f"{self.name}.{method}")
         if self._bad_x is not None and x.shape == self._bad_x.shape and x.dtype == self._bad_x.dtype:

@@ -43,6 +43,8 @@ class GaussianMixture(ScoreModel):
         name: shown in tables.
     """
 
+    protects_input = True  # every computation reads x; nothing writes to it
+
     def __init__(
         self,
         weights: Sequence[float],
