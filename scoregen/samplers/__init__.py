@@ -103,8 +103,8 @@ def sample(
         x0_hook: applied to x0_hat at every step (e.g. :func:`scoregen.clip_x0`), via :class:`~scoregen.X0Hook`.
         progress: show a progress bar (None: only on a terminal).
         batch_size: draw the n samples in consecutive batches of at most this many (None: as many as fit in a
-            fixed 2 GiB by the estimate below, so the same for every machine). The batches use the same generator in order, each drawing its initial
-            noise and then its sampler's noise, and are concatenated; ``callback`` and the progress bar run
+            fixed 2 GiB by the estimate below, so the same on every machine). The batches use the same generator
+            in order, each drawing its initial noise and then its sampler's noise, and are concatenated; ``callback`` and the progress bar run
             once per batch. A model holding per-sample data (a measurement with one observation per sample)
             needs all n samples in one batch.
         options: the sampler's own options, e.g. ``steps``, ``variance``, ``eta``, ``levels``.
@@ -122,8 +122,9 @@ def sample(
     the available memory (:func:`scoregen.memory.available_memory`: RAM, address-space and cgroup limits on CPU,
     free memory on CUDA), and the result plus one batch in all of it; otherwise a ValueError says what fits.
 
-    The model is handed a copy of the sampler's state on every evaluation: a model that writes to its input
-    (an in-place activation, ``x.mul_``) cannot corrupt the samples.
+    The model never gets the sampler's state itself: unless it :attr:`~scoregen.ScoreModel.protects_input` (exact
+    mixtures, network adapters, which copy for their network), every evaluation gets a copy, so a model that writes
+    to its input (an in-place activation, ``x.mul_``) cannot corrupt the samples.
 
     Returns:
         :class:`SampleResult` with ``samples`` of shape (n, *shape) and ``nfe``, the model evaluations per batch,
