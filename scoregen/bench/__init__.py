@@ -8,12 +8,12 @@ from typing import Iterable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .guidance import ClassifierGuidance
-from .io import atomic_write
-from .metrics import mode_tv, sliced_w2, sliced_w2_noise_floor
-from .samplers import SAMPLERS, sample
-from .schedules import ncsnv2_levels
-from .targets import GaussianMixture
+from ..guidance import ClassifierGuidance
+from ..io import atomic_write
+from ..metrics import mode_tv, sliced_w2, sliced_w2_noise_floor
+from ..samplers import SAMPLERS, sample
+from ..schedules import ncsnv2_levels
+from ..targets import GaussianMixture
 
 __all__ = ["BenchRow", "budget_options", "run_bench", "format_table", "plot_bench"]
 
