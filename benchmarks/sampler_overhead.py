@@ -7,11 +7,19 @@ sampler that injects fresh noise each step). Each cell is "median / best" over t
 glibc's allocator occasionally returns the network's 2 MB output buffers to the OS and page-faults
 them back, which makes single runs spiky (setting MALLOC_MMAP_THRESHOLD_=67108864 removes that).
 
-    python benchmarks/sampler_overhead.py [--repeats 15] [--device cpu|cuda] [--baseline OTHER/scoregen]
+    python benchmarks/sampler_overhead.py [--repeats 15] [--device cpu|cuda] [--baseline OTHER/scoregen] [--peers]
 
 ``--baseline`` compares with another scoregen source tree (e.g. a ``git worktree`` of an older commit) in the
 same process, the two alternating run by run, so that both see the same machine load: the table then shows
 both and their difference.
+
+``--peers`` also times the other libraries' equivalents on the same model (:mod:`scoregen.bench.peers`):
+diffusers' DDPM and DDIM scheduler steps in a pipeline's loop, and k-diffusion's euler, euler_ancestral and
+dpmpp_2m on ``DiscreteEpsDDPMDenoiser``'s own grid, through scoregen's cached wrapper and through the stock one.
+Each peer alternates run by run with the scoregen sampler it is compared with (DDPM and k-diffusion's ancestral
+sampler with scoregen's ddpm; DDIM, euler and dpmpp_2m with ddim eta=0), at the same steps, and the table gives
+the ratio of the medians. The stock k-diffusion wrapper at batch 8192 runs 20 steps (each costs a quarter of a
+second) and at most 5 repeats. A last table times the sigma -> t lookup alone, stock and cached.
 """
 
 from __future__ import annotations
@@ -89,6 +97,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--device", default="cpu")
     p.add_argument("--baseline", help="another scoregen source tree to compare with, run alternately in this process")
+    p.add_argument("--peers", action="store_true",
+                   help="also time diffusers' and k-diffusion's equivalents on the same model (needs them installed)")
     args = p.parse_args()
     runs = [(sg, zero_model())]
     if args.baseline:
@@ -117,6 +127,104 @@ def main() -> None:
     if not args.baseline:
         (s_med, s_min), (b_med, b_min) = randn_us(1, args.repeats, args.device), randn_us(8192, args.repeats, args.device)
         print(f"| {'(one randn draw)':<20} | {s_med:>6.1f} / {s_min:>4.1f} | {b_med:>7.0f} / {b_min:>5.0f} |")
+    if args.peers:
+        peer_tables(args.repeats, args.device)
+
+
+# ----------------------------------------------------------------------------- --peers
+
+PEER_CASES = [  # (peer label, cached k-diffusion wrapper, the scoregen case it is compared with)
+    ("diffusers:DDPM", True, "ddpm"),
+    ("diffusers:DDIM", True, "ddim eta=0"),
+    ("k-diffusion:euler", True, "ddim eta=0"),
+    ("k-diffusion:euler", False, "ddim eta=0"),
+    ("k-diffusion:euler_ancestral", True, "ddpm"),
+    ("k-diffusion:euler_ancestral", False, "ddpm"),
+    ("k-diffusion:dpmpp_2m", True, "ddim eta=0"),
+    ("k-diffusion:dpmpp_2m", False, "ddim eta=0"),
+]
+STOCK_8192 = (20, 5)  # the stock k-diffusion wrapper at batch 8192: steps, most repeats
+
+
+def peer_vs_scoregen(peer, case: str, batch: int, repeats: int, device: str):
+    """((median, best) us per step of the peer, (median, best) of scoregen's ``case``), alternating run by run."""
+    _, name, o1, o2 = next(c for c in CASES if c[0] == case)
+    options = o1 if batch == 1 else o2
+    model = peer.model
+    steps = options.get("steps") or len(model.schedule)
+    if batch > 1 and getattr(peer, "cached", True) is False:
+        steps, repeats = STOCK_8192[0], min(repeats, STOCK_8192[1])
+    nfe = peer.nfe_for(steps)
+    peer.run(nfe, batch, 0)  # warm-up
+    sg.sample(model, name, batch, seed=0, progress=False, device=device, **options)
+    ours, theirs = [], []
+    for r in range(repeats):
+        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if k == 0:
+                res = sg.sample(model, name, batch, seed=r, progress=False, device=device, **options)
+                ours.append(res.wall_time / res.nfe * 1e6)
+            else:
+                run = peer.run(nfe, batch, r)
+                theirs.append(run.wall_time / run.nfe * 1e6)
+    return (statistics.median(theirs), min(theirs)), (statistics.median(ours), min(ours)), steps
+
+
+def lookup_us(wrapper, batch: int, repeats: int) -> tuple[float, float]:
+    sigma = torch.full((batch,), 3.3)
+    wrapper.sigma_to_t(sigma)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(5):
+            wrapper.sigma_to_t(sigma)
+        times.append((time.perf_counter() - start) / 5 * 1e6)
+    return statistics.median(times), min(times)
+
+
+def peer_tables(repeats: int, device: str) -> None:
+    import dataclasses
+
+    from scoregen.bench import peers as P
+
+    model = zero_model()
+    found, skipped = P.peers_for(model, names=sorted({label for label, _, _ in PEER_CASES}))
+    by_label = {p.label: p for p in found}
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    versions = {p.library: p.config["version"] for p in found}
+    print()
+    print("Peers on the same model (" + ", ".join(f"{lib} {v}" for lib, v in versions.items()) + "), alternating run by "
+          f"run with the scoregen sampler named; microseconds per step, median / best of {repeats} runs; ratio = peer "
+          "median / scoregen median")
+    print(f"| {'peer':<54} | {'steps':>10} | {'batch 1':>13} | {'scoregen':>13} | {'ratio':>5} | {'batch 8192':>15} | "
+          f"{'scoregen':>15} | {'ratio':>5} |")
+    print(f"| {'-' * 54} | {'-' * 9}: | {'-' * 12}: | {'-' * 12}: | ----: | {'-' * 14}: | {'-' * 14}: | ----: |")
+    for label, cached, case in PEER_CASES:
+        peer = by_label.get(label)
+        if peer is None:
+            continue
+        if peer.library == "k-diffusion":
+            peer = dataclasses.replace(peer, cached=cached, device=device)
+            what = f"{label} ({'cached' if cached else 'stock'} wrapper)"
+        else:
+            peer = dataclasses.replace(peer, device=device)
+            what = label
+        (p1, s1, n1), (p2, s2, n2) = (peer_vs_scoregen(peer, case, b, repeats, device) for b in (1, 8192))
+        print(f"| {what + ' vs ' + case:<54} | {f'{n1} / {n2}':>10} | {p1[0]:>6.1f} / {p1[1]:>4.1f} | "
+              f"{s1[0]:>6.1f} / {s1[1]:>4.1f} | {p1[0] / s1[0]:>5.2f} | {p2[0]:>7.0f} / {p2[1]:>5.0f} | "
+              f"{s2[0]:>7.0f} / {s2[1]:>5.0f} | {p2[0] / s2[0]:>5.2f} |")
+    if "k-diffusion" in versions:
+        print()
+        print(f"k-diffusion's sigma -> t lookup alone (DiscreteEpsDDPMDenoiser.sigma_to_t, T = 1000, one sigma for the "
+              f"batch), microseconds per call, median / best of {repeats}")
+        print(f"| {'wrapper':<8} | {'batch 1':>13} | {'batch 8192':>21} |")
+        print(f"| {'-' * 8} | {'-' * 12}: | {'-' * 20}: |")
+        for cached in (False, True):
+            wrapper = P.kdiffusion_denoiser(model, cached=cached)
+            (a, b), (c, d) = lookup_us(wrapper, 1, repeats), lookup_us(wrapper, 8192, min(repeats, 5) if not cached else repeats)
+            print(f"| {'cached' if cached else 'stock':<8} | {a:>6.1f} / {b:>4.1f} | {c:>10.1f} / {d:>8.1f} |")
 
 
 if __name__ == "__main__":

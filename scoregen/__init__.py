@@ -2,7 +2,8 @@
 
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, LikelihoodGuidance, gaussian_measurement
 from .io import load_checkpoint
-from .metrics import class_report, mode_tv, sliced_w2, sliced_w2_noise_floor
+from .metrics import (class_report, component_frechet, frechet_distance, mmd_to_mixture, mode_tv, sliced_w2,
+                      sliced_w2_noise_floor, sliced_w2_to_mixture)
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
 from .pretrained import pretrained_names
 from .samplers import SAMPLERS, SampleResult, sample
@@ -32,6 +33,10 @@ __all__ = [
     "SAMPLERS",
     "sliced_w2",
     "sliced_w2_noise_floor",
+    "sliced_w2_to_mixture",
+    "mmd_to_mixture",
+    "component_frechet",
+    "frechet_distance",
     "mode_tv",
     "class_report",
     "load_checkpoint",

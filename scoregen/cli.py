@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .bench import DEFAULT_BUDGETS
 from ._checks import check_real
 from .errors import ScoregenError
 from .samplers import SAMPLERS, sampler_options
@@ -19,6 +18,11 @@ from .samplers import SAMPLERS, sampler_options
 # Which flags belong to which sampler, read off the samplers' own options: a flag given to a sampler
 # that ignores it is an error, not a no-op.
 SAMPLER_FLAGS = {name: sampler_options(name) for name in SAMPLERS}
+
+#: What `scoregen bench` with no --model benchmarks: an exact target and the built-in DDPM digits network.
+DEFAULT_BENCH_MODELS = ("ring2d", "digits-ddpm")
+#: The guidance scales of the default run's sweep on digits.
+DEFAULT_GUIDANCE_SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 
 def _target_arg(value: str) -> str:
@@ -58,86 +62,161 @@ def _check_output(parser: argparse.ArgumentParser, flag: str, path: str, suffix:
         parser.error(f"{flag}: {e}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that gives every option's default: argparse's ArgumentDefaultsHelpFormatter ("(default: X)" after
+    the help text), except for flags (store_true / store_false / store_const: no value, no default), options whose
+    help already states its default (the word "default" in it), and None defaults, which mean "decided elsewhere":
+    their help says what happens instead, e.g. "(default: the sampler's own)". Required options get "(required)".
+
+    Every subcommand takes it: ``sub.add_parser(NAME, formatter_class=HELP_FORMATTER, ...)``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or text is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return text if "required" in text else f"{text} (required)"
+        if action.nargs == 0 or "default" in text or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+#: The formatter class of every subcommand's parser (reuse it for new subcommands).
+HELP_FORMATTER = HelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scoregen", description="Train, sample and benchmark score-based / diffusion models.")
+    p = argparse.ArgumentParser(prog="scoregen", description="Train, sample and benchmark score-based / diffusion models.",
+                                formatter_class=HELP_FORMATTER)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="draw samples from a target with one sampler and write them to .npy",
+                       formatter_class=HELP_FORMATTER,
                        description="Draw samples with one sampler. Sampler options left out take the papers' defaults: "
-                                   "ddpm all 1000 steps, variance beta_tilde; ddim 50 steps, eta 0; langevin NCSN's recipe: "
-                                   "sigma from the target's largest data distance down to 0.01, L=10 levels (more in high "
-                                   "dimension, NCSNv2 technique 2), T=100, step_lr 2e-5.")
+                                   "ddpm all trained levels, variance beta_tilde; ddim 50 steps, eta 0; langevin NCSN's "
+                                   "recipe: sigma from the data's largest distance down to 0.01, L=10 levels (more in high "
+                                   "dimension, NCSNv2 technique 2), T=100, step_lr 0.2 sigma_min^2 (2e-5).")
     src = s.add_mutually_exclusive_group()
-    src.add_argument("--target", type=_target_arg, help="ring2d, gmm64 or PATH.json (default ring2d)")
-    src.add_argument("--checkpoint", help="a trained model: a checkpoint folder written by `scoregen train`, or a "
-                                           "built-in model's name (`scoregen pretrained list`), e.g. digits-ddpm")
+    src.add_argument("--target", type=_target_arg, help="an exact target to sample: ring2d, gmm64 or a mixture PATH.json "
+                                                        "(default: ring2d, unless --checkpoint is given)")
+    src.add_argument("--checkpoint", help="a trained model to sample instead of a target: a checkpoint folder written by "
+                                           "`scoregen train`, or a built-in model's name (`scoregen pretrained list`), "
+                                           "e.g. digits-ddpm (default: none, sample --target)")
     s.add_argument("--classifier", help="with --checkpoint and --label: a classifier checkpoint for classifier guidance "
-                                        "(without it, a class-conditional model uses classifier-free guidance)")
-    s.add_argument("--grid", help="also save the samples as an image grid PNG (image models)")
+                                        "(default: none; a class-conditional model then uses classifier-free guidance)")
+    s.add_argument("--grid", help="also save the samples as an image grid to this PNG, for image models (default: no grid)")
     s.add_argument("--no-clip", action="store_true", help="image models: do not clip x0_hat to the data range")
-    s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm")
-    s.add_argument("--steps", type=_positive_int, help="ddpm/ddim: number of levels (evenly spaced trained steps)")
-    s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default beta_tilde)")
-    s.add_argument("--eta", type=_finite_float, help="ddim: 0 deterministic .. 1 ancestral (default 0)")
+    s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm",
+                   help="ddpm: ancestral sampling; ddim: DDIM (eta 0: deterministic); langevin: annealed Langevin dynamics")
+    s.add_argument("--steps", type=_positive_int, help="ddpm/ddim: number of levels, evenly spaced trained steps "
+                                                      "(default: ddpm all trained levels; ddim 50, or all if fewer)")
+    s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default: beta_tilde)")
+    s.add_argument("--eta", type=_finite_float, help="ddim: noise, 0 deterministic .. 1 ancestral (default: 0)")
     s.add_argument("--levels", type=_positive_int,
-                   help="langevin: number of noise levels L (default 10, more in high dimension)")
-    s.add_argument("--steps-per-level", type=_positive_int, help="langevin: steps per level T (default 100)")
-    s.add_argument("--step-lr", type=_finite_float, help="langevin: step size at the smallest sigma (reference-code convention)")
-    s.add_argument("--sigma-max", type=_finite_float, help="langevin: largest noise level")
-    s.add_argument("--sigma-min", type=_finite_float, help="langevin: smallest noise level")
+                   help="langevin: number of noise levels L (default: a model trained on NCSN levels: its own; "
+                        "else 10, more in high dimension by NCSNv2's technique 2)")
+    s.add_argument("--steps-per-level", type=_positive_int, help="langevin: steps per level T (default: 100)")
+    s.add_argument("--step-lr", type=_finite_float, help="langevin: step size at the smallest sigma, reference-code "
+                                                        "convention (default: 0.2 * sigma_min^2, NCSN's ratio; 2e-5 at 0.01)")
+    s.add_argument("--sigma-max", type=_finite_float,
+                   help="langevin: largest noise level (default: the data's largest pairwise distance where the model "
+                        "knows it, else its largest trained VE level)")
+    s.add_argument("--sigma-min", type=_finite_float,
+                   help="langevin: smallest noise level (default: 0.01 on a target, a network's smallest trained level)")
     s.add_argument("--final-denoise", action="store_true", default=None, help="langevin: NCSNv2's final denoising step")
-    s.add_argument("--label", type=int, help="sample the class LABEL under exact classifier guidance")
+    s.add_argument("--label", type=int, help="sample class LABEL: exact classifier guidance on a target; with --checkpoint, "
+                                             "classifier-free guidance or --classifier (default: none, unconditional)")
     s.add_argument("--guidance-scale", type=_finite_float, help="guidance scale: classifier gamma (default 1: the exact "
                                                            "conditional) or classifier-free w (default 0: the conditional model)")
-    s.add_argument("-n", type=_positive_int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
     s.add_argument("--batch-size", type=_positive_int,
                    help="sample in batches of at most this many (default: as many as fit in 2 GiB by the memory "
                         "estimate, which depends on the model alone; samples depend on the batch size)")
-    s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed: same seed, same samples")
     s.add_argument("--out", required=True, help="output file OUT.npy: float32 array of shape (n, *sample shape)")
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.add_argument("--no-progress", action="store_true",
+                   help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
 
-    t = sub.add_parser("train", help="train a network (DDPM, NCSN or a noisy classifier) and checkpoint it")
+    t = sub.add_parser("train", help="train a network (DDPM, NCSN or a noisy classifier) and checkpoint it",
+                       formatter_class=HELP_FORMATTER)
     t.add_argument("--data", required=True, help="ring2d, gmm64, digits, a mixture .json, an image folder or an (N, ...) .npy")
-    t.add_argument("--objective", required=True, choices=["ddpm", "ncsn", "classifier"])
+    t.add_argument("--objective", required=True, choices=["ddpm", "ncsn", "classifier", "judge"],
+                   help="what to train: ddpm (an eps network, L_simple), ncsn (a score network on NCSN levels, denoising "
+                        "score matching), classifier (a noise-conditional classifier, for guidance); judge: a clean-image CNN classifier, fit on a stratified 80%% of the labelled data and scored "
+                        "on the other 20%% (meta.heldout)")
     t.add_argument("--conditional", action="store_true", help="class-conditional score network with label dropout "
                                                                "(classifier-free guidance)")
-    t.add_argument("--steps", type=_positive_int, required=True)
+    t.add_argument("--steps", type=_positive_int, required=True, help="train up to this step (a resumed run: in total)")
     t.add_argument("--out", required=True, help="checkpoint folder")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out (its files only; "
                                                             "without --resume or --overwrite an existing checkpoint is refused)")
-    t.add_argument("--seed", type=_seed, default=0)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=_finite_float, default=2e-4)
-    t.add_argument("--checkpoint-every", type=_positive_int, default=1000)
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--seed", type=_seed, default=0,
+                   help="random seed of the network's initialisation, the batches and the noise (and of data drawn from a target)")
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="training examples per step")
+    t.add_argument("--lr", type=_finite_float, default=2e-4, help="AdamW learning rate, after a linear warmup of 100 steps")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=1000,
+                   help="save a checkpoint every this many steps (and at the end)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
 
     pr = sub.add_parser("pretrained", help="list the built-in pretrained models, or rebuild one from its recipe",
+                        formatter_class=HELP_FORMATTER,
                         description="Built-in models ship inside the package and load by name (--checkpoint NAME). "
                                     "`build` retrains one with the settings in scoregen/pretrained/recipes.json into "
                                     "OUT/NAME-train (resumable) and exports its EMA weights to OUT/NAME.")
     pr_sub = pr.add_subparsers(dest="action", required=True)
-    pr_sub.add_parser("list", help="the built-in models, their size and how they were trained")
-    pb = pr_sub.add_parser("build", help="retrain a built-in model from its recipe")
+    pr_sub.add_parser("list", help="the built-in models, their size and how they were trained", formatter_class=HELP_FORMATTER)
+    pb = pr_sub.add_parser("build", help="retrain a built-in model from its recipe", formatter_class=HELP_FORMATTER)
     pb.add_argument("name", help="a built-in model's name, e.g. digits-ddpm")
     pb.add_argument("--out", required=True, help="folder for the training checkpoint (OUT/NAME-train) and the export (OUT/NAME)")
     pb.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT/NAME-train")
     pb.add_argument("--overwrite", action="store_true", help="start OUT/NAME-train afresh, replacing the checkpoint there")
-    pb.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pb.add_argument("--no-progress", action="store_true",
+                    help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
 
-    b = sub.add_parser("bench", help="every sampler at several NFE budgets on an exact target: a comparison table")
-    b.add_argument("--target", type=_target_arg, default="ring2d", help="ring2d, gmm64 or PATH.json (default ring2d)")
-    b.add_argument("--samplers", default="ddpm,ddim,langevin", help="comma-separated (default ddpm,ddim,langevin)")
-    budgets = ",".join(map(str, DEFAULT_BUDGETS))
-    b.add_argument("--budgets", default=budgets, help=f"comma-separated NFE budgets (default {budgets})")
-    b.add_argument("-n", type=_positive_int, default=10000, help="samples per run (default 10000)")
-    b.add_argument("--seed", type=_seed, default=0)
-    b.add_argument("--label", type=int, help="benchmark classifier-guided sampling of this class")
-    b.add_argument("--guidance-scale", type=_finite_float, help="classifier guidance scale with --label (default 1)")
-    b.add_argument("--csv", help="also write the table to this CSV file")
-    b.add_argument("--plot", help="also save a plot of quality against NFE to this PNG (needs matplotlib)")
-    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b = sub.add_parser("bench", formatter_class=HELP_FORMATTER,
+                       help="rank samplers (scoregen's and, with --peers, diffusers' and k-diffusion's) on one model",
+                       description="Sample each model with every sampler at several NFE budgets and score every run the "
+                                   "same way: exact targets against the exact mixture (MMD^2 with its standard error, "
+                                   "per-component Fréchet distance, sliced W2, mode TV), digits networks through the "
+                                   "independent digits-judge (Fréchet distance in its feature space, class TV), each "
+                                   "beside its floor, what a perfect sampler scores at the same n. With no --model: "
+                                   f"{', '.join(DEFAULT_BENCH_MODELS)}, a guidance sweep on digits, and the peers when "
+                                   "installed.")
+    b.add_argument("--model", "--target", dest="models", action="append", metavar="NAME_OR_PATH",
+                   help="what to benchmark, repeatable: a built-in target (ring2d, gmm64), a mixture .json, a built-in "
+                        "model (digits-ddpm, digits-ncsn, digits-cond), a checkpoint folder or a diffusers folder "
+                        f"(default: {' and '.join(DEFAULT_BENCH_MODELS)})")
+    b.add_argument("--reference", help="for a network whose checkpoint does not record its training data (a diffusers "
+                                       "folder): the data to score against, digits or a target name (default: read "
+                                       "off the checkpoint)")
+    b.add_argument("--samplers", default="ddpm,ddim,langevin", help="comma-separated scoregen samplers")
+    b.add_argument("--budgets", help="comma-separated NFE budgets (default: 10,20,50,100 on exact targets, 10,20,50 "
+                                     "on digits)")
+    b.add_argument("-n", type=_positive_int, help="samples per run (default: 10000 on exact targets, 500 on digits)")
+    b.add_argument("--seed", type=_seed, default=0, help="seed of every sampler's noise and of the reference draws")
+    peers = b.add_mutually_exclusive_group()
+    peers.add_argument("--peers", nargs="?", const="all", metavar="NAMES",
+                       help="also run diffusers' schedulers and k-diffusion's samplers on the same model at the same "
+                            "budgets: all, or comma-separated names (default: on the exact target of the "
+                            "no-argument run when installed, else off)")
+    peers.add_argument("--no-peers", action="store_true", help="never run the peers")
+    b.add_argument("--label", type=int, help="exact targets: benchmark classifier-guided sampling of this class "
+                                             "(default: none, unguided sampling)")
+    b.add_argument("--guidance-scale", type=_finite_float, help="guidance scale with --label (default: 1)")
+    b.add_argument("--guidance-scales", metavar="LIST",
+                   help="also sweep guidance: class accuracy and quality against these scales, e.g. 0,1,2,3,5,10 "
+                        "(default: that list on digits in the no-argument run, else none)")
+    b.add_argument("--sweep-sampler", default="ddim", choices=sorted(SAMPLER_FLAGS), help="the sampler of the sweep")
+    b.add_argument("--sweep-budget", type=_positive_int, default=20, help="the NFE budget of the sweep")
+    b.add_argument("--out", metavar="DIR", help="write results.json, results.md, quality_vs_nfe.png, "
+                                                "quality_vs_time.png (and sample grids for image models) into DIR "
+                                                "(default: print the tables only)")
+    b.add_argument("--csv", help="also write every row to this CSV file (default: none)")
+    b.add_argument("--plot", help="also save the quality-against-NFE plot to this PNG (default: none)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     for command in (s, t, pr, pb, b):  # errors found after parsing name the subcommand: "scoregen sample: error: ..."
         command.set_defaults(_parser=command)
     return p
@@ -181,6 +260,13 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     print(f"{args.sampler} ({opts}) on {name}: wrote {shape} samples to {args.out}" + (f" and {args.grid}" if args.grid else ""))
     batches = f"  in batches of {result.batch_size}" if result.batch_size and result.batch_size < args.n else ""
     print(f"NFE {result.nfe}  wall time {result.wall_time:.3f} s  seed {args.seed}{batches}")
+    if args.sampler == "langevin":  # which grid the defaults chose, and where its sigma_max came from
+        from .samplers import langevin_grid
+
+        with warnings.catch_warnings():  # the run itself already warned about a coarse grid
+            warnings.simplefilter("ignore")
+            grid = langevin_grid(model, model.shape, args.levels, args.sigma_max, args.sigma_min)
+        print(f"langevin grid: {grid.describe()}")
     return 0
 
 
@@ -201,6 +287,9 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
         return model, None, None, target.name
     net, config = load_checkpoint(args.checkpoint)
     if getattr(net, "parameterization", None) is None:
+        if getattr(net, "schedule", None) is None:  # a judge: no noise levels, so no guidance either
+            parser.error(f"{args.checkpoint} holds a clean-image classifier ({config['network']['class']}), not a score "
+                         "model: it judges samples, and can neither sample nor guide")
         parser.error(f"{args.checkpoint} holds a classifier, not a score model; pass it as --classifier")
     value_range = _value_range(config, args.checkpoint)
     model = net.score_model()
@@ -249,9 +338,9 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import torch
 
     from .data import load_data
-    from .io import check_output_dir
+    from .io import check_output_dir, read_checkpoint_config
     from .training import TrainConfig, train
-    from .training.recipes import default_network
+    from .training.recipes import default_network, heldout_training
 
     if args.resume and args.overwrite:
         parser.error("--resume continues the checkpoint in --out and --overwrite replaces it: give one of them")
@@ -259,20 +348,27 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     data = load_data(args.data, seed=args.seed)
     torch.manual_seed(args.seed)  # network initialisation
     net = default_network(data.x, args.objective, data.num_classes, args.conditional)
+    x, y, evaluate = data.x, data.y if (args.conditional or args.objective == "classifier") else None, None
+    if args.objective == "judge":  # fit a stratified 80%; each checkpoint's meta.heldout scores the other 20%
+        x, y, evaluate = heldout_training(data)
     config = TrainConfig(args.objective, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
                          label_dropout=0.1 if args.conditional else 0.0)
     meta = {"data": {"spec": args.data, "name": data.name, "shape": list(data.shape),
                      "value_range": list(data.value_range) if data.value_range else None, "num_classes": data.num_classes}}
-    summary = train(net, data.x, data.y if (args.conditional or args.objective == "classifier") else None, config,
-                    args.out, resume=args.resume, overwrite=args.overwrite, meta=meta,
-                    progress=False if args.no_progress else None)
+    summary = train(net, x, y, config, args.out, resume=args.resume, overwrite=args.overwrite, meta=meta,
+                    progress=False if args.no_progress else None, evaluate=evaluate)
     start, end = summary["start_step"], summary["end_step"]
     if start == end:
         print(f"the checkpoint in {args.out} is already at step {end} (--steps {args.steps}): nothing to train")
     else:
         print(f"trained {type(net).__name__} ({args.objective}) on {data.name} from step {start} to {end}: "
               f"running loss {summary['running_loss']:.4f}; checkpoint in {args.out}")
+    if evaluate is not None:
+        held = read_checkpoint_config(args.out)["meta"]["heldout"]  # scored at the last checkpoint, by the EMA weights
+        if held["n"]:
+            print(f"held-out accuracy {held['accuracy']:.4f} (mean confidence {held['confidence']:.3f}) on {held['n']} "
+                  f"held-out images of {data.name} (stratified split, seed {held['split_seed']}; not trained on)")
     return 0
 
 
@@ -312,44 +408,83 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return 0
 
 
+def _csv_list(parser: argparse.ArgumentParser, flag: str, text: Optional[str], convert, what: str) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        values = [convert(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        parser.error(f"{flag} must be comma-separated {what}, got {text!r}")
+    return values
+
+
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .bench import format_table, plot_bench, rows_to_csv, run_bench
-    from .targets import load_target
+    from .bench import format_table, guidance_sweep, plot_quality, resolve_subject, run_bench, write_csv, write_report
+    from .io import check_output_dir
 
     if args.guidance_scale is not None and args.label is None:
         parser.error("--guidance-scale needs --label Y (the class to guide towards)")
-    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
     for flag, path, suffix in (("--csv", args.csv, ".csv"), ("--plot", args.plot, ".png")):
         if path is not None:
             _check_output(parser, flag, path, suffix)
-
+    if args.out is not None:
+        check_output_dir(args.out, "benchmark results")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown or not samplers:
         parser.error(f"--samplers: unknown {unknown}; choose from {sorted(SAMPLERS)}")
-    try:
-        budgets = [int(v) for v in args.budgets.split(",") if v.strip()]
-    except ValueError:
-        parser.error(f"--budgets must be comma-separated integers, got {args.budgets!r}")
-    if not budgets or min(budgets) < 1:
+    budgets = _csv_list(parser, "--budgets", args.budgets, int, "positive integers")
+    if budgets is not None and min(budgets) < 1:
         parser.error(f"--budgets must be positive integers, got {args.budgets!r}")
-    target = load_target(args.target)
-    if args.label is not None and not 0 <= args.label < target.num_classes:
-        parser.error(f"--label must be a class of {target.name}: 0..{target.num_classes - 1}, got {args.label}")
-    rows = run_bench(target, samplers, budgets, n=args.n, seed=args.seed, label=args.label,
-                     guidance_scale=scale, progress=False if args.no_progress else None)
-    what = f"{target.name} (d={target.dim}, K={len(target.weights)})"
-    if args.label is not None:
-        what += f", classifier guidance to class {args.label} with scale {scale:g}"
-    print(format_table(rows, f"scoregen bench: {what}, n={args.n}, seed={args.seed}"))
-    print("sliced W2: 256 fixed random projections against fresh exact samples; floor: the same between two exact sets;\n"
-          "mode TV: total variation between component weights and the samples' nearest-component histogram.")
+    scales = _csv_list(parser, "--guidance-scales", args.guidance_scales, float, "finite numbers")
+    if scales is not None and not all(math.isfinite(v) and v >= 0 for v in scales):
+        parser.error(f"--guidance-scales must be finite numbers >= 0, got {args.guidance_scales!r}")
+    default_run = args.models is None
+    specs = list(DEFAULT_BENCH_MODELS) if default_run else args.models
+    peers = (args.peers is not None or default_run) and not args.no_peers
+    peer_names = None if args.peers in (None, "all") else [p.strip() for p in args.peers.split(",") if p.strip()]
+    progress = False if args.no_progress else None
+
+    subjects = [resolve_subject(spec, args.reference) for spec in specs]  # every model loads before any sampling
+    for subject in subjects:
+        if args.label is not None:
+            if subject.kind != "exact":
+                parser.error(f"--label applies to exact targets; {subject.name} is swept over every class with "
+                             "--guidance-scales instead")
+            classes = subject.model.num_classes
+            if not 0 <= args.label < classes:
+                parser.error(f"--label must be a class of {subject.name}: 0..{classes - 1}, got {args.label}")
+    results, sweeps = [], []
+    for subject in subjects:
+        # the no-argument run keeps to a few minutes: peers on the exact target (cheap evaluations), not on digits
+        with_peers = peers and not (default_run and subject.kind != "exact")
+        result = run_bench(subject, samplers, budgets, n=args.n, seed=args.seed, peers=with_peers, peer_names=peer_names,
+                           label=args.label, guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
+                           progress=progress)
+        if peers and not with_peers:
+            result.skipped_peers.append(f"on {subject.name} only when asked, as they take minutes here: scoregen bench "
+                                        f"--model {subject.info.get('checkpoint', subject.name)} --peers")
+        print(format_table(result), end="\n\n", flush=True)
+        results.append(result)
+        sweep_scales = scales if scales is not None else (DEFAULT_GUIDANCE_SCALES if default_run and subject.kind == "digits" else None)
+        if sweep_scales and subject.guided is not None:
+            sweep = guidance_sweep(subject, sweep_scales, args.sweep_sampler, args.sweep_budget, n=args.n,
+                                   seed=args.seed, label=args.label, progress=progress)
+            print(format_table(sweep), end="\n\n", flush=True)
+            sweeps.append(sweep)
     if args.csv:
-        rows_to_csv(rows, args.csv)
+        write_csv(results + sweeps, args.csv)
         print(f"wrote {args.csv}")
     if args.plot:
-        plot_bench(rows, args.plot, what)
+        plot_quality(results, args.plot)
         print(f"wrote {args.plot}")
+    if args.out:
+        paths = write_report(results, args.out, sweeps, command="scoregen " + " ".join(sys.argv[1:]))
+        grids = sum("grids" + os.sep in p for p in paths)
+        print(f"wrote {', '.join(os.path.basename(p) for p in paths if 'grids' + os.sep not in p)}"
+              + (f" and {grids} sample grids" if grids else "") + f" to {args.out}")
     return 0
 
 

@@ -22,6 +22,11 @@
 
 Named sources (``digits``, ``ring2d``, ``gmm64``) win over a file or folder of the same name: write
 ``./digits`` for a folder called ``digits``.
+
+Held-out splits: :func:`stratified_split` splits labelled data into a training and a held-out part with the
+same class proportions; :func:`digits_split` is that split of the digits (80% / 20%, seed 0 by default), the one
+the built-in ``digits-judge`` was trained and scored on (``scoregen train --objective judge`` uses it on any
+labelled data).
 """
 
 from __future__ import annotations
@@ -36,9 +41,14 @@ from torch import Tensor
 
 from .targets import BUILTIN_TARGETS, load_target
 
-__all__ = ["Dataset", "load_data", "DEFAULT_MIXTURE_SAMPLES", "IMAGE_EXTENSIONS"]
+__all__ = ["Dataset", "load_data", "stratified_split", "digits_split", "DEFAULT_MIXTURE_SAMPLES", "IMAGE_EXTENSIONS",
+           "HELDOUT_FRACTION", "HELDOUT_SEED"]
 
 DEFAULT_MIXTURE_SAMPLES = 50000
+#: The share of each class a held-out split keeps out of training, and the seed of the split that
+#: ``scoregen train --objective judge`` (and so the built-in ``digits-judge``) uses.
+HELDOUT_FRACTION = 0.2
+HELDOUT_SEED = 0
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 _ACCEPTED = (
@@ -158,6 +168,38 @@ def load_data(spec: str | os.PathLike, *, seed: int = 0, n: Optional[int] = None
     if os.path.exists(spec):
         raise ValueError(f"{spec}: not a data source scoregen can read (a file of an unsupported type); {_ACCEPTED}")
     raise ValueError(f"unknown data spec {spec!r} (no built-in of that name, and no file or folder at that path); {_ACCEPTED}")
+
+
+# ---------------------------------------------------------------------------------------------- held-out splits
+def stratified_split(y, heldout: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> tuple[Tensor, Tensor]:
+    """Split labelled data into ``(train_idx, heldout_idx)``: sorted int64 index tensors, disjoint, together
+    covering ``0..N-1``. Each class gives ``floor(heldout * n_c + 1/2)`` of its ``n_c`` items to the held-out part,
+    chosen by a ``torch.Generator`` seeded with ``seed`` (one permutation per class, in class order), so the two
+    parts keep the data's class proportions. The split depends only on the labels and the seed."""
+    y = torch.as_tensor(y)
+    if y.ndim != 1 or y.numel() == 0 or y.dtype.is_floating_point or y.dtype == torch.bool or bool((y < 0).any()):
+        raise ValueError(f"stratified_split needs a non-empty 1-d tensor of non-negative integer labels, got "
+                         f"{y.dtype} of shape {tuple(y.shape)}")
+    if isinstance(heldout, bool) or not isinstance(heldout, (int, float, np.floating)) or not 0.0 <= heldout < 1.0:
+        raise ValueError(f"heldout must be a fraction in [0, 1), got {heldout!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in 0 .. 2**63 - 1, got {seed!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    held = []
+    for c in torch.unique(y).tolist():  # sorted classes
+        members = torch.nonzero(y == c).reshape(-1)
+        k = int(np.floor(float(heldout) * len(members) + 0.5))
+        held.append(members[torch.randperm(len(members), generator=g)[:k]])
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    mask[torch.cat(held)] = True
+    return torch.nonzero(~mask).reshape(-1), torch.nonzero(mask).reshape(-1)
+
+
+def digits_split(seed: int = HELDOUT_SEED) -> tuple[Tensor, Tensor]:
+    """``(train_idx, heldout_idx)`` into ``load_data("digits")``: the stratified 80% / 20% split
+    (:func:`stratified_split`) of the 1797 digits, 1438 / 359 at seed 0. The built-in ``digits-judge`` was
+    trained on the first part alone and its ``meta["heldout"]`` scores it on the second."""
+    return stratified_split(_load_digits(0, None).y, HELDOUT_FRACTION, seed)
 
 
 # ---------------------------------------------------------------------------------------------------- sources

@@ -36,6 +36,7 @@ __all__ = [
     "NetworkClassifier",
     "LevelMap",
     "ModelTransform",
+    "prepare_levels",
     "X0Hook",
     "clip_x0",
     "dynamic_threshold",
@@ -250,12 +251,38 @@ class ScoreModel:
         mixture's (batch, components) tables), so that a default batch stays within its memory budget."""
         return 0
 
+    def prepare(self, sigma, m=1.0) -> None:
+        """Declare the levels a sampler is about to query, before its loop: ``sigma`` a sequence of noise stds and
+        ``m`` a sequence of the same length or one number, in the caller's coordinates (``x = m x0 + sigma eps``).
+
+        A no-op here. A model with per-level lookups (:class:`NetworkScoreModel`'s log-SNR matching) overrides it
+        to map the whole grid in one vectorised operation instead of one level at a time inside the loop. It must
+        not change any answer: a model answers exactly the same with or without it. Samplers call it through
+        :func:`prepare_levels`, which also accepts models without the method."""
+
     @property
     def sigma_range(self) -> tuple[float, float]:
         """(largest, smallest) VE noise std ``sigma / m`` of the trained levels: Langevin's default range."""
         m, sigma = self.schedule.levels()
         ve = np.asarray(sigma) / np.asarray(m)
         return float(ve.max()), float(ve.min())
+
+    @property
+    def sigma_max_source(self) -> str:
+        """Where ``sigma_range``'s largest value comes from, in words (Langevin's grid reports it)."""
+        prop = type(self).sigma_range
+        if prop is ScoreModel.sigma_range:
+            return "the largest VE noise level sigma/m of the model's schedule (no data scale known)"
+        doc = " ".join((getattr(prop, "__doc__", None) or "").strip().split("\n\n")[0].split()).rstrip(".")
+        return f"{type(self).__name__}.sigma_range" + (f": {doc}" if doc else "")
+
+
+def prepare_levels(model: object, sigma, m=1.0) -> None:
+    """``model.prepare(sigma, m)`` (:meth:`ScoreModel.prepare`) when the model has that method; nothing otherwise
+    (a duck-typed model with ``eps`` only). Samplers call it once with their grid, before their loop."""
+    prepare = getattr(model, "prepare", None)
+    if callable(prepare):
+        prepare(sigma, m)
 
 
 class LevelMap:
@@ -272,6 +299,9 @@ class LevelMap:
             raise ValueError(f"time must be 'nearest' or 'fractional', got {time!r}")
         self.schedule, self.time = schedule, time
         self._cache: dict[tuple[float, float], tuple[float, float, float, float]] = {}
+
+    #: The most levels the cache holds; a query that misses a full cache empties it first.
+    CACHE_LIMIT = 65536
 
     def _model_time(self, log_snr):
         if self.time == "nearest":
@@ -296,10 +326,39 @@ class LevelMap:
             t = float(self._model_time(log_snr))
             m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
             hit = (t, m_t, sigma_t, m_t / m)
-            if len(self._cache) > 65536:
+            if len(self._cache) > self.CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = hit
         return hit
+
+    def prepare(self, sigma, m=1.0) -> None:
+        """Map the caller levels ``(sigma[i], m[i])`` (``m`` a sequence or one number) into the cache in one
+        vectorised pass, so that the sampler's loop only looks them up.
+
+        The entries are bit-identical to what :meth:`_scalar` computes one level at a time: the log-SNR with the same
+        ``math.log`` per level, then the same numpy functions (``nearest_time`` or ``t_from_log_snr``, ``log_snr``,
+        :func:`m_sigma_from_log_snr`) on arrays, which apply the same element-wise operations as on the 0-d arrays
+        of the scalar path. Levels already cached, or invalid (not finite, sigma < 0, m <= 0: their query raises
+        the usual error), are skipped; at most :attr:`CACHE_LIMIT` levels are mapped (the first ones)."""
+        sig = np.asarray(sigma, dtype=np.float64).reshape(-1)
+        mm = np.broadcast_to(np.asarray(m, dtype=np.float64), sig.shape) if np.ndim(m) == 0 else \
+            np.asarray(m, dtype=np.float64).reshape(-1)
+        if mm.shape != sig.shape:
+            raise ValueError(f"prepare: m must be one number or one per sigma ({sig.size}), got {mm.size}")
+        keys = [key for key in dict.fromkeys(zip(sig.tolist(), mm.tolist()))
+                if key not in self._cache and math.isfinite(key[0]) and math.isfinite(key[1]) and key[0] >= 0 and key[1] > 0]
+        if not keys:
+            return
+        if len(self._cache) + len(keys) > self.CACHE_LIMIT:
+            self._cache.clear()
+            keys = keys[:self.CACHE_LIMIT]
+        # exactly _scalar's log-SNR, one math.log per level (numpy's vectorised log may round differently)
+        log_snr = np.array([2.0 * (math.log(mk) - math.log(sk)) if sk > 0 else math.inf for sk, mk in keys])
+        t = np.asarray(self._model_time(log_snr), dtype=np.float64)
+        m_t, sigma_t = m_sigma_from_log_snr(np.asarray(self.schedule.log_snr(t)), self.schedule.variance_preserving)
+        m_t, sigma_t = np.asarray(m_t).reshape(-1), np.asarray(sigma_t).reshape(-1)
+        for (sk, mk), ti, mti, sti in zip(keys, t.tolist(), m_t.tolist(), sigma_t.tolist()):
+            self._cache[(sk, mk)] = (ti, mti, sti, mti / mk)
 
     def __call__(self, x: Tensor, sigma: Level, m: Level = 1.0) -> tuple[Tensor, Tensor, Level, Level]:
         """``(x_in, t, m_t, sigma_t)`` for the network, at the caller's level."""
@@ -330,6 +389,11 @@ class NetworkScoreModel(ScoreModel):
     The network may write to its input (in-place activations) without harm: it never gets the caller's ``x``
     itself (a copy when no rescaling is needed) nor an input read again after the call (x0 and v outputs are
     converted to eps with it), so the model :attr:`protects_input`.
+
+    ``data_sigma_max``: the training data's largest pairwise distance (NCSNv2's technique 1), which becomes the
+    largest value of :attr:`sigma_range` (Langevin's default sigma_max); by default the network's own
+    ``data_sigma_max`` attribute, which :func:`scoregen.load_checkpoint` sets from ``meta.data.sigma_max`` (recorded by
+    :func:`scoregen.training.train`). Without it, sigma_range is the trained levels' range.
     """
 
     protects_input = True
@@ -342,16 +406,48 @@ class NetworkScoreModel(ScoreModel):
         *,
         shape: Optional[tuple[int, ...]] = None,
         time: Literal["nearest", "fractional"] = "nearest",
+        data_sigma_max: Optional[float] = None,
     ):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         self.net, self.schedule, self.parameterization = net, schedule, parameterization
         self.levels = LevelMap(schedule, time)
         self.shape = tuple(shape) if shape is not None else tuple(getattr(net, "shape", ()))
+        if data_sigma_max is None:  # recorded at training (scoregen.train) and set by load_checkpoint
+            data_sigma_max = getattr(net, "data_sigma_max", None)
+        self.data_sigma_max = None if data_sigma_max is None else \
+            check_real("data_sigma_max (the training data's largest pairwise distance)", data_sigma_max, 0.0, lo_open=True)
 
     @property
     def time(self) -> str:
         return self.levels.time
+
+    def prepare(self, sigma, m=1.0) -> None:
+        """Map every level of the sampler's grid onto the schedule at once (:meth:`LevelMap.prepare`): the first query
+        at a new level otherwise costs a log-SNR match (tens of microseconds), a cached one a dictionary lookup."""
+        self.levels.prepare(sigma, m)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """(largest, smallest) VE noise std of the trained levels, Langevin's default range; with ``data_sigma_max``
+        (the training data's largest pairwise distance, NCSNv2's technique 1) the largest is that distance, at most
+        the trained maximum. A VP network's largest VE level (157 on DDPM's linear schedule) is far above the scale
+        of data in [-1, 1]; Langevin started there needs hundreds of steps to come down."""
+        high, low = super().sigma_range
+        if self.data_sigma_max is not None and self.data_sigma_max > low:
+            return min(self.data_sigma_max, high), low
+        return high, low
+
+    @property
+    def sigma_max_source(self) -> str:
+        base = super().sigma_range[0]
+        if self.data_sigma_max is None or not self.data_sigma_max > super().sigma_range[1]:
+            return ("the largest VE noise level sigma/m the network was trained on (no data scale recorded: a "
+                    "checkpoint without meta.data.sigma_max; pass sigma_max to start nearer the data's scale)")
+        if self.data_sigma_max > base:
+            return (f"the largest VE noise level the network was trained on, below the training data's largest "
+                    f"pairwise distance {self.data_sigma_max:.4g}")
+        return "the training data's largest pairwise distance (NCSNv2 technique 1), recorded at training"
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
@@ -373,6 +469,10 @@ class NetworkClassifier:
 
     def __init__(self, net: Callable[..., Tensor], schedule: Schedule, *, time: Literal["nearest", "fractional"] = "nearest"):
         self.net, self.levels = net, LevelMap(schedule, time)
+
+    def prepare(self, sigma, m=1.0) -> None:
+        """Map the sampler's grid onto the schedule at once, as :meth:`NetworkScoreModel.prepare` does."""
+        self.levels.prepare(sigma, m)
 
     def __call__(self, x: Tensor, sigma: Level, m: Level = 1.0) -> Tensor:
         x_in, t, _, _ = self.levels(x, sigma, m)
@@ -402,6 +502,17 @@ class ModelTransform(ScoreModel):
     @property
     def sigma_range(self) -> tuple[float, float]:
         return self.model.sigma_range
+
+    @property
+    def sigma_max_source(self) -> str:
+        return getattr(self.model, "sigma_max_source", "the wrapped model's sigma_range")
+
+    def prepare(self, sigma, m=1.0) -> None:
+        """Forwarded to the wrapped model, and to the classifier a guidance transform queries at the same levels."""
+        prepare_levels(self.model, sigma, m)
+        classifier = getattr(self, "classifier", None)
+        if classifier is not None and classifier is not self.model:
+            prepare_levels(classifier, sigma, m)
 
     #: Set by transforms whose own code only reads x (scoregen's guidance and x0 hooks; guidance differentiates
     #: through a detached view, which autograd keeps from being written): such a stack is as safe as the model

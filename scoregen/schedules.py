@@ -30,6 +30,7 @@ __all__ = [
     "transition",
     "schedule_from_config",
     "ncsnv2_levels",
+    "ncsnv2_sigma_max",
     "MAX_LEVELS",
 ]
 
@@ -97,6 +98,24 @@ def ncsnv2_levels(sigma_max: float, sigma_min: float, dim: int) -> int:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if overlap(mid) > 0.5 else (lo, mid)
     return max(10, 1 + math.ceil(math.log(sigma_max / sigma_min) / math.log(hi)))
+
+
+def ncsnv2_sigma_max(x, max_points: int = 2000) -> float:
+    """Song & Ermon (2020), technique 1: sigma_max = the largest Euclidean distance between two data points.
+
+    ``x`` is the data, shape (N, ...) (a tensor or an array); the distance is taken over its first ``max_points``
+    points, in float64 (``torch.cdist``): exactly the value :func:`scoregen.training.recipes.ncsn_schedule` gives an
+    NCSN network's first sigma, and what ``scoregen train`` records as ``meta.data.sigma_max`` so that Langevin starts
+    at the data's scale on any trained model. 0.0 for fewer than two distinct points.
+    """
+    import torch
+
+    max_points = check_int("max_points", max_points)
+    x = torch.as_tensor(x)
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"the data must have shape (N, ...) with N >= 1 points, got shape {tuple(x.shape)}")
+    flat = x.reshape(x.shape[0], -1)[:max_points].double()
+    return float(torch.cdist(flat, flat).max())
 
 
 def _check_1d_finite(name: str, values: np.ndarray) -> np.ndarray:

@@ -74,16 +74,22 @@ def test_user_target_file_is_sampled(tmp_path):
     assert abs(np.mean(x > 0) - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 2000)
 
 
-def test_bench_prints_a_row_per_sampler_and_budget(tmp_path, capsys):
-    csv = tmp_path / "b.csv"
-    assert main(["bench", "--budgets", "10,20", "-n", "300", "--csv", str(csv), "--no-progress"]) == 0
+def test_bench_prints_a_ranked_row_per_sampler_and_budget_and_writes_the_report(tmp_path, capsys):
+    csv, out_dir = tmp_path / "b.csv", tmp_path / "report"
+    assert main(["bench", "--model", "ring2d", "--budgets", "10,20", "-n", "300", "--csv", str(csv), "--out", str(out_dir),
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for name in ("exact", "ddpm", "ddim", "langevin"):
+    for name in ("exact", "floor", "ddpm", "ddim", "langevin", "MMD^2", "comp. FD", "sliced W2", "mode TV"):
         assert name in out
-    assert "sliced W2" in out and "mode TV" in out
     lines = csv.read_text().strip().splitlines()
     assert len(lines) == 1 + 1 + 3 * 2  # header, exact, 3 samplers x 2 budgets
-    assert lines[0].startswith("sampler,options,nfe,")
+    assert lines[0].startswith("model,source,sampler,options,budget,nfe,")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["quality_vs_nfe.png", "quality_vs_time.png", "results.json",
+                                                         "results.md"]
+    report = json.loads((out_dir / "results.json").read_text())
+    rows = report["results"][0]["rows"]
+    assert [r["nfe"] for r in rows] == [0, 10, 20, 10, 20, 10, 20]  # every sampler spends its budget exactly
+    assert report["versions"]["torch"] and report["machine"]
 
 
 def test_bench_rejects_unknown_sampler(capsys):
@@ -112,3 +118,43 @@ def test_destinations_are_checked_before_any_work_and_errors_name_the_subcommand
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert "scoregen sample: error: --out: " in err and message in err, err
+
+
+def _subcommands(parser, path=()):
+    """(path, parser) of every subcommand, nested ones (``pretrained build``) included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_help_says_what_every_option_does_and_its_default(capsys):
+    """``scoregen CMD --help`` explains every option and shows the default of each one that takes a value ("default"
+    in its help: argparse's "(default: X)", or the help's own words for a default decided elsewhere), or that it is
+    required. Flags (store_true) need no default."""
+    from scoregen.cli import HELP_FORMATTER, build_parser
+
+    def flat(text: str) -> str:  # --help wraps lines, and may break them after a hyphen
+        return " ".join(text.split()).replace("- ", "-")
+
+    checked = 0
+    for path, parser in _subcommands(build_parser()):
+        assert parser.formatter_class is HELP_FORMATTER, path
+        with pytest.raises(SystemExit) as exc:
+            main([*path, "--help"])
+        assert exc.value.code == 0
+        shown = flat(capsys.readouterr().out)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0:  # positionals, flags, --help
+                continue
+            text = formatter._expand_help(action)
+            name = f"scoregen {' '.join(path)} {action.option_strings[-1]}"
+            assert action.help and len(action.help) > 10, f"{name} has no help text"
+            assert "(required)" in text if action.required else "default" in text, f"{name}'s help shows no default: {text!r}"
+            assert flat(text) in shown, f"{name}: {text!r} is not what --help prints"
+            checked += 1
+    assert checked >= 40  # sample, train, pretrained build and bench

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import scoregen as sg
-from scoregen.bench import run_bench
+from scoregen.bench import resolve_subject, run_bench
 from scoregen.cli import main
 
 
@@ -96,8 +96,9 @@ def test_guided_bench_counts_wrong_class_samples_against_the_sampler():
     unguided = target.sample(1000, torch.Generator().manual_seed(0))
     # unconditional samples spread over 8 classes: 7/8 of them are in the wrong class's modes
     assert sg.mode_tv(unguided, target, weights) == pytest.approx(7 / 8, abs=0.05)
-    rows = run_bench(target, ["ddim"], [50], n=500, label=3, progress=False)
-    assert rows[1].mode_tv < 0.05  # guided samples are in class 3's mode
+    result = run_bench(resolve_subject("ring2d"), ["ddim"], [50], n=500, label=3, progress=False)
+    assert result.rows[1].metrics["mode_tv"] < 0.05  # guided samples are in class 3's mode
+    assert result.rows[1].metrics["class_accuracy"] > 0.95
 
 
 def test_bench_guidance_scale_needs_a_label(capsys):

@@ -12,7 +12,7 @@ from scoregen import pretrained
 from scoregen.cli import main
 from scoregen.io import read_checkpoint_config
 
-NAMES = ["digits-classifier", "digits-cond", "digits-ddpm", "digits-ncsn"]
+NAMES = ["digits-classifier", "digits-cond", "digits-ddpm", "digits-judge", "digits-ncsn"]
 CLIP = sg.clip_x0(-1.0, 1.0)
 
 

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -263,7 +264,25 @@ def load_checkpoint(directory: str | os.PathLike, *, ema: bool = True, device: s
     directory = checkpoint_dir(directory)
     config = read_checkpoint_config(directory)
     kind = "ema" if ema and "ema" in config["files"] else "weights"
-    return _build_network(config, directory, kind).to(device).eval(), config
+    scale = _data_sigma_max(config, directory)
+    net = _build_network(config, directory, kind).to(device).eval()
+    if scale is not None:  # NetworkScoreModel takes it as Langevin's default sigma_max (its sigma_range)
+        net.data_sigma_max = scale
+    return net, config
+
+
+def _data_sigma_max(config: dict, directory: str) -> Optional[float]:
+    """The training data's largest pairwise distance a checkpoint records (``meta.data.sigma_max``, written by
+    :func:`scoregen.training.train`), or None: a finite number > 0, else a ValueError naming the field."""
+    data = config["meta"].get("data")
+    value = data.get("sigma_max") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{os.path.join(directory, CONFIG_NAME)}: 'meta.data.sigma_max' (the training data's largest "
+                         f"pairwise distance) must be a finite number > 0, got {short(value)}; the checkpoint is damaged "
+                         "or was edited")
+    return float(value)
 
 
 def load_trainer_state(directory: str | os.PathLike, config: dict) -> dict:

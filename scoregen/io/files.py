@@ -149,18 +149,18 @@ def check_output_file(path: str | os.PathLike, suffix: Optional[str] = None) -> 
     _check_creatable(path)
 
 
-def check_output_dir(path: str | os.PathLike) -> None:
-    """Refuse, with a ValueError naming ``path``, a folder a checkpoint cannot be written to: an empty name, a
+def check_output_dir(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Refuse, with a ValueError naming ``path``, a folder a checkpoint (or ``what``) cannot be written to: an empty name, a
     name longer than NAME_MAX bytes, an existing file (or a dangling link), a folder that is not writable, or
     a missing folder whose nearest existing ancestor is a file or not writable. Call it before any work."""
     path = os.fspath(path)
     if not path:
-        raise ValueError("the checkpoint folder is empty: name a folder")
+        raise ValueError(f"the {what} folder is empty: name a folder")
     _check_names(path)
     if os.path.lexists(path) and not os.path.isdir(path):
-        what = "is a file, not a folder" if os.path.isfile(path) else \
+        problem = "is a file, not a folder" if os.path.isfile(path) else \
             ("is a link to nothing" if os.path.islink(path) and not os.path.exists(path) else "exists and is not a folder")
-        raise ValueError(f"{path!r} {what}: choose a folder for the checkpoint")
+        raise ValueError(f"{path!r} {problem}: choose a folder for the {what}")
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
             raise ValueError(f"the folder {path!r} is not writable (no permission, or a read-only file system); "

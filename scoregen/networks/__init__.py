@@ -4,11 +4,13 @@ Networks know nothing of samplers; samplers see them only through :class:`scoreg
 """
 
 from .embedding import sinusoidal_embedding
+from .judge import CNNClassifier
 from .mlp import MLPClassifier, MLPScoreNet
 from .ncsnv2 import NCSNv2
 from .unet import UNet
 
 #: Network classes a checkpoint may name (``config.json``'s ``network.class``).
-NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier, "UNet": UNet, "NCSNv2": NCSNv2}
+NETWORKS = {"MLPScoreNet": MLPScoreNet, "MLPClassifier": MLPClassifier, "UNet": UNet, "NCSNv2": NCSNv2,
+            "CNNClassifier": CNNClassifier}
 
-__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "UNet", "NCSNv2", "NETWORKS"]
+__all__ = ["sinusoidal_embedding", "MLPScoreNet", "MLPClassifier", "UNet", "NCSNv2", "CNNClassifier", "NETWORKS"]

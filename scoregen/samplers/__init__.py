@@ -7,6 +7,10 @@ checks the model and the result, so swapping samplers on a model is one argument
 
     sample(model, "ddpm", n=1000, seed=0)
     sample(model, "langevin", n=1000, seed=0, levels=10, steps_per_level=100)
+    sample(model, "langevin", n=1000, seed=0, **langevin_budget(50, 33))  # exactly 50 evaluations
+
+Before their loop, the samplers declare the levels they will query (:meth:`~scoregen.ScoreModel.prepare`), so that a
+network adapter maps its whole grid at once instead of one level at a time inside the loop.
 
 The samplers' loops hold the algorithms only: :func:`sample` hands them the model wrapped in
 :class:`~scoregen.samplers._guard.Guarded`, which gives the model a copy of the state and checks what it returns,
@@ -28,9 +32,10 @@ from .._checks import check_int
 from . import _batches, _guard
 from .ddim import ddim
 from .ddpm import ddpm
-from .langevin import langevin
+from .langevin import LangevinGrid, langevin, langevin_budget, langevin_grid
 
-__all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin"]
+__all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin", "langevin_grid",
+           "langevin_budget", "LangevinGrid"]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim}
 _SHARED = {"generator", "y", "callback", "progress"}

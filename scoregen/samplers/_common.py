@@ -9,9 +9,9 @@ import warnings
 from typing import Optional
 
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._checks import check_int
+from .._progress import progress as _progress
 from ..models import ScoreModel
 from ..schedules import MAX_LEVELS
 
@@ -33,8 +33,9 @@ def prior(z: Tensor, m: float, sigma: float) -> Tensor:
 
 
 def progress_bar(total: int, progress: Optional[bool], desc: str):
-    """A tqdm bar over sampler steps; ``progress=None`` shows it only on a terminal."""
-    return tqdm(total=total, disable=None if progress is None else not progress, desc=desc, unit="step", leave=False)
+    """Progress over sampler steps (:func:`scoregen._progress.progress`): ``progress=None`` shows a bar on a
+    terminal and a plain line every 30 s elsewhere; False nothing; True a bar even off a terminal."""
+    return _progress(total, progress, desc, "step", leave=False)
 
 
 def warn_at_caller(message: str, category: type[Warning]) -> None:

@@ -50,6 +50,9 @@ class Guarded(ModelTransform):
 
     A non-finite answer raises FloatingPointError naming the evaluation, its level and the part of the model
     stack that produced it (:meth:`_diagnose`).
+
+    A sampler's :meth:`~scoregen.ScoreModel.prepare` (its grid, declared before its loop) passes through to the stack
+    (:meth:`ModelTransform.prepare`): it evaluates nothing, so it is neither counted nor checked.
     """
 
     def __init__(self, model: ScoreModel, sampler: str, name: str, state: Tensor):

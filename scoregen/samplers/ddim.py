@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_real
-from ..models import ScoreModel
+from ..models import ScoreModel, prepare_levels
 from ..schedules import transition
 from ._common import levels_to_clean, prior, progress_bar
 
@@ -36,6 +36,7 @@ def ddim(
         steps = 50 if trained is None else min(50, len(trained))
     m, sigma = levels_to_clean(model, steps)
     c = [eta * math.sqrt(transition(m[i], sigma[i], m[i + 1], sigma[i + 1])[2]) for i in range(len(m) - 1)]
+    prepare_levels(model, sigma[:-1], m[:-1])  # the levels the loop queries, mapped at once
     x, noise = prior(z, m[0], sigma[0]), torch.empty_like(z)
     with progress_bar(len(c), progress, "ddim") as bar:
         for i in range(len(c)):

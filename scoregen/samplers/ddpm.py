@@ -8,7 +8,7 @@ from typing import Callable, Literal, Optional
 import torch
 from torch import Tensor
 
-from ..models import ScoreModel
+from ..models import ScoreModel, prepare_levels
 from ..schedules import transition
 from ._common import levels_to_clean, prior, progress_bar
 
@@ -42,6 +42,7 @@ def ddpm(
         raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
     m, sigma = levels_to_clean(model, steps)
     kernels = [transition(m[i], sigma[i], m[i + 1], sigma[i + 1]) for i in range(len(m) - 1)]
+    prepare_levels(model, sigma[:-1], m[:-1])  # the levels the loop queries, mapped at once
     last = len(kernels) - 1
     x, noise = prior(z, m[0], sigma[0]), torch.empty_like(z)
     with progress_bar(len(kernels), progress, "ddpm") as bar:

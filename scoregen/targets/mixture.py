@@ -158,7 +158,7 @@ class GaussianMixture(ScoreModel):
         """Exact ``grad_x log p_t(x)`` (conditional on class y when given); finite also at sigma = 0."""
         x = self._flat(x)
         log_joint, v = self._log_joint(x, sigma, m, y)
-        r_over_v = torch.softmax(log_joint, dim=-1) / v
+        r_over_v = _softmax_components(log_joint) / v
         return _col(m, x) * (r_over_v @ self._params(x)[1]) - x * r_over_v.sum(-1, keepdim=True)
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
@@ -170,7 +170,7 @@ class GaussianMixture(ScoreModel):
 
     def component_posterior(self, x: Tensor, sigma: Level = 0.0, m: Level = 1.0) -> Tensor:
         """p(k | x_t), shape (B, K)."""
-        return torch.softmax(self._log_joint(self._flat(x), sigma, m)[0], dim=-1)
+        return _softmax_components(self._log_joint(self._flat(x), sigma, m)[0])
 
     def classifier(self, x: Tensor, sigma: Level = 0.0, m: Level = 1.0) -> Tensor:
         """Exact class log-posterior ``log p(y | x_t)`` of shape (B, num_classes): the noisy classifier for guidance."""
@@ -200,6 +200,13 @@ class GaussianMixture(ScoreModel):
 
     def __repr__(self) -> str:
         return f"GaussianMixture(name={self.name!r}, K={len(self.weights)}, d={self.dim}, classes={self.num_classes})"
+
+
+def _softmax_components(log_joint: Tensor) -> Tensor:
+    """``softmax(log_joint, -1)`` over the K components of a (B, K) tensor, computed over dim 0 of its transpose:
+    torch's CPU softmax along a short last dimension is 5-7x slower than along a long contiguous one (3.6 ms against
+    0.5 ms for B = 10000, K = 8 here), and this is the hot spot of every exact evaluation."""
+    return torch.softmax(log_joint.T.contiguous(), dim=0).T
 
 
 def _validate(weights, means, stds, labels):

@@ -7,6 +7,8 @@
 * ``weighting="vlb"``: DDPM's variational bound terms, ``L_{t-1} = beta_t^2 / (2 beta_tilde_t alpha_t (1 - abar_t))
   ||eps - eps_theta||^2`` (the KL between the Gaussian posteriors), for t = 2..T.
 * :func:`classifier_loss`: cross-entropy of a noise-conditional classifier on noised inputs.
+* :func:`judge_loss`: cross-entropy of a clean-image classifier (a judge of samples) on clean images moved by
+  random +-1 pixel shifts (:func:`shift_images`).
 * :func:`drop_labels`: classifier-free guidance's label dropout to the null label.
 """
 
@@ -105,6 +107,31 @@ def classifier_loss(net: Callable[[Tensor, Tensor], Tensor], schedule: Schedule,
     """Cross-entropy of ``net(x_t, t) -> logits`` on inputs noised to random trained levels."""
     x_t, _, _, _, t_in = _noised(schedule, x0, sample_times(schedule, x0.shape[0], generator), generator)
     return F.cross_entropy(net(x_t, t_in), y.long())
+
+
+def shift_images(x: Tensor, shift: int = 1, generator: Optional[torch.Generator] = None, fill: float = -1.0) -> Tensor:
+    """Images x (B, C, H, W), each moved by its own random offset of ``-shift .. shift`` pixels along each axis
+    (uniform, drawn from ``generator``, rows first); pixels moved in are ``fill`` (-1: the background of
+    scoregen's images in [-1, 1]). ``shift=0`` returns x itself."""
+    if x.ndim != 4:
+        raise ValueError(f"shift_images takes images (B, C, H, W), got shape {tuple(x.shape)}")
+    if shift == 0:
+        return x
+    B, C, H, W = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift), value=fill).permute(0, 2, 3, 1)  # (B, H + 2s, W + 2s, C)
+    dy = torch.randint(0, 2 * shift + 1, (B,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * shift + 1, (B,), generator=generator).to(x.device)
+    rows = dy[:, None] + torch.arange(H, device=x.device)
+    cols = dx[:, None] + torch.arange(W, device=x.device)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def judge_loss(net: Callable[[Tensor], Tensor], x0: Tensor, y: Tensor, generator: Optional[torch.Generator] = None,
+               shift: int = 1) -> Tensor:
+    """Cross-entropy of a clean-image classifier ``net(x) -> logits`` on clean images x0 (B, C, H, W), each moved
+    by a random shift of up to ``shift`` pixels (:func:`shift_images`): no noise, no time input."""
+    return F.cross_entropy(net(shift_images(x0, shift, generator)), y.long())
 
 
 def drop_labels(y: Tensor, p: float, null_label: int, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..schedules import DiscreteVE, DiscreteVP, ncsnv2_levels
 
-__all__ = ["ncsn_schedule", "default_network"]
+__all__ = ["ncsn_schedule", "default_network", "heldout_training"]
 
 
 def ncsn_schedule(x: Tensor, sigma_min: float = 0.01, max_points: int = 2000) -> DiscreteVE:
@@ -23,11 +23,21 @@ def ncsn_schedule(x: Tensor, sigma_min: float = 0.01, max_points: int = 2000) ->
 
 def default_network(x: Tensor, objective: str, num_classes: int | None = None, conditional: bool = False) -> nn.Module:
     """The network ``scoregen train`` uses: MLPs for vectors (N, d); for images (N, C, H, W) the tiny DDPM
-    U-Net or NCSNv2, and an MLP classifier on the flattened pixels. ``conditional`` makes a score network class-conditional (classifier-free guidance)."""
-    from ..networks import MLPClassifier, MLPScoreNet
+    U-Net or NCSNv2, and an MLP classifier on the flattened pixels. ``conditional`` makes a score network class-conditional (classifier-free guidance).
+    ``judge``: a clean-image :class:`~scoregen.networks.CNNClassifier` (images only)."""
+    from ..networks import CNNClassifier, MLPClassifier, MLPScoreNet
 
-    if objective not in ("ddpm", "ncsn", "classifier"):
-        raise ValueError(f"objective must be 'ddpm', 'ncsn' or 'classifier', got {objective!r}")
+    if objective not in ("ddpm", "ncsn", "classifier", "judge"):
+        raise ValueError(f"objective must be 'ddpm', 'ncsn', 'classifier' or 'judge', got {objective!r}")
+    if objective == "judge":
+        if conditional:
+            raise ValueError("--conditional makes a score network class-conditional; objective 'judge' trains a classifier")
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"objective 'judge' trains a convolutional classifier on square images (N, C, H, H); the data "
+                             f"have shape {tuple(x.shape)}")
+        if not num_classes:
+            raise ValueError("objective 'judge' needs labelled data")
+        return CNNClassifier(in_channels=x.shape[1], image_size=x.shape[-1], num_classes=num_classes)
     if (objective == "classifier" or conditional) and not num_classes:
         raise ValueError(f"objective {objective!r}{' with --conditional' if conditional else ''} needs labelled data")
     classes = num_classes if conditional else None
@@ -49,3 +59,33 @@ def default_network(x: Tensor, objective: str, num_classes: int | None = None, c
         kwargs = {"num_classes": classes} if objective == "ddpm" else {"centered": True}
         return NETWORKS[name].tiny(image_size=x.shape[-1], in_channels=x.shape[1], schedule=schedule, **kwargs)
     raise ValueError(f"data of shape {tuple(x.shape)}: expected vectors (N, d) or images (N, C, H, W)")
+
+
+def heldout_training(data, fraction: float | None = None, seed: int | None = None):
+    """What ``scoregen train --objective judge`` trains on and how it scores the rest: ``(x_fit, y_fit, evaluate)``.
+
+    The labelled ``data`` (a :class:`~scoregen.data.Dataset`) are split by :func:`~scoregen.data.stratified_split`
+    (default: 20% of each class held out, seed :data:`~scoregen.data.HELDOUT_SEED`; for the digits this is
+    :func:`~scoregen.data.digits_split`); ``evaluate(net)`` classifies the held-out part and returns
+    ``{"heldout": {"accuracy", "confidence", "n", "train_n", "fraction", "split_seed"}}`` for the checkpoint's meta
+    (accuracy and confidence None when nothing is held out)."""
+    from ..data import HELDOUT_FRACTION, HELDOUT_SEED, stratified_split
+
+    if data.y is None:
+        raise ValueError(f"a held-out evaluation needs labelled data; {data.name} has no labels")
+    fraction = HELDOUT_FRACTION if fraction is None else fraction
+    seed = HELDOUT_SEED if seed is None else seed
+    fit, held = stratified_split(data.y, fraction, seed)
+    x_held, y_held = data.x[held], data.y[held]
+
+    def evaluate(net: nn.Module) -> dict:
+        report = {"accuracy": None, "confidence": None, "n": len(held), "train_n": len(fit), "fraction": fraction,
+                  "split_seed": seed}
+        if len(held):
+            with torch.no_grad():
+                probs = torch.cat([net(x_held[i:i + 1024]) for i in range(0, len(held), 1024)]).double().softmax(-1)
+            correct = int((probs.argmax(-1) == y_held).sum())
+            report.update(accuracy=correct / len(held), confidence=float(probs.max(-1).values.mean()))
+        return {"heldout": report}
+
+    return data.x[fit], data.y[fit], evaluate

@@ -12,13 +12,13 @@ from typing import Callable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._checks import check_int, check_real, short
+from .._progress import progress as progress_bar
 from ..io import checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
 from ..io.checkpoints import CONFIG_NAME, load_weights
 from ..memory import activation_bytes, available_memory, format_bytes
-from .objectives import classifier_loss, ddpm_loss, drop_labels, ncsn_loss
+from .objectives import classifier_loss, ddpm_loss, drop_labels, judge_loss, ncsn_loss
 
 __all__ = ["TrainConfig", "train"]
 
@@ -28,11 +28,12 @@ class TrainConfig:
     """Everything that determines a training run besides the network and the data.
 
     objective: ``ddpm`` (L_simple on a DiscreteVP network), ``ncsn`` (denoising score matching on a
-    DiscreteVE network) or ``classifier`` (cross-entropy on noised inputs). ``label_dropout`` > 0 trains a
+    DiscreteVE network), ``classifier`` (cross-entropy on noised inputs) or ``judge`` (cross-entropy of a clean-image
+    classifier on randomly shifted clean images, :func:`~scoregen.training.judge_loss`). ``label_dropout`` > 0 trains a
     class-conditional network for classifier-free guidance (labels dropped to its null label).
     """
 
-    objective: Literal["ddpm", "ncsn", "classifier"]
+    objective: Literal["ddpm", "ncsn", "classifier", "judge"]
     steps: int
     batch_size: int = 128
     lr: float = 2e-4
@@ -45,8 +46,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.objective not in ("ddpm", "ncsn", "classifier"):
-            raise ValueError(f"objective must be 'ddpm', 'ncsn' or 'classifier', got {self.objective!r}")
+        if self.objective not in ("ddpm", "ncsn", "classifier", "judge"):
+            raise ValueError(f"objective must be 'ddpm', 'ncsn', 'classifier' or 'judge', got {self.objective!r}")
         # As plain int / float: a numpy number would not survive json.dump into the checkpoint.
         self.steps = check_int("TrainConfig.steps", self.steps)
         self.batch_size = check_int("TrainConfig.batch_size", self.batch_size)
@@ -61,9 +62,15 @@ class TrainConfig:
 
 
 def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor]:
-    if config.objective == "classifier":
-        if not hasattr(net, "num_classes") or getattr(net, "parameterization", None) is not None:
-            raise ValueError("objective 'classifier' needs a classifier network (e.g. MLPClassifier)")
+    if config.objective in ("classifier", "judge"):
+        clean = getattr(net, "schedule", None) is None  # a judge sees clean images: no noise levels
+        if not hasattr(net, "num_classes") or getattr(net, "parameterization", None) is not None \
+                or clean != (config.objective == "judge"):
+            raise ValueError(f"objective {config.objective!r} needs a " + ("clean-image classifier network (e.g. "
+                             "CNNClassifier)" if config.objective == "judge" else "noise-conditional classifier network "
+                             "(e.g. MLPClassifier)"))
+        if clean:
+            return lambda x0, y, g: judge_loss(net, x0, _need_labels(y), g)
         return lambda x0, y, g: classifier_loss(net, net.schedule, x0, _need_labels(y), g)
     loss = ddpm_loss if config.objective == "ddpm" else ncsn_loss
     conditional = getattr(net, "num_classes", None) is not None
@@ -114,6 +121,21 @@ def _data_fingerprint(x: Tensor, y: Optional[Tensor]) -> dict:
 
     return {"x_shape": list(x.shape), "x_sha256": digest(x, torch.float32),
             "y_shape": None if y is None else list(y.shape), "y_sha256": None if y is None else digest(y, torch.int64)}
+
+
+def _with_data_scale(meta: Optional[dict], x: Tensor) -> tuple[Optional[dict], Optional[float]]:
+    """``(meta, scale)``: ``meta`` with ``data.sigma_max``, the data's largest pairwise distance (NCSNv2's technique 1,
+    :func:`~scoregen.schedules.ncsnv2_sigma_max`, the value an NCSN network's first sigma gets), and that scale.
+    :func:`~scoregen.io.load_checkpoint` hands it to the network, and its score model makes it Langevin's default
+    sigma_max: a DDPM network's largest trained level (sigma/m = 157 on the linear schedule) is far above data in
+    [-1, 1]. Left out (scale None) for constant data, or when ``meta["data"]`` is there but not a dict."""
+    from ..schedules import ncsnv2_sigma_max
+
+    data = (meta or {}).get("data", {})
+    scale = ncsnv2_sigma_max(x)
+    if not isinstance(data, dict) or not scale > 0:
+        return meta, None
+    return {**(meta or {}), "data": {**data, "sigma_max": scale}}, scale
 
 
 def _restore(state: dict, path: str, step: int, opt, sched, g: torch.Generator) -> Optional[float]:
@@ -193,6 +215,7 @@ def train(
     meta: Optional[dict] = None,
     progress: Optional[bool] = None,
     callback: Optional[Callable[[int, float], None]] = None,
+    evaluate: Optional[Callable[[nn.Module], dict]] = None,
 ) -> dict:
     """Train ``net`` on data ``x`` (N, ...) with optional labels ``y`` (N,), checkpointing to ``out_dir``.
 
@@ -209,7 +232,8 @@ def train(
     checkpoint's files (only those) at the first save. Neither: FileExistsError. ``resume=True`` on a
     folder without a checkpoint starts from step 0.
 
-    ``callback(step, loss)`` runs after every step. Returns ``{"steps", "start_step", "end_step",
+    ``evaluate(ema_net) -> dict`` (e.g. held-out accuracy) runs at every checkpoint on the EMA network, in eval mode
+    and without gradients, and its entries join that checkpoint's meta. ``callback(step, loss)`` runs after every step. Returns ``{"steps", "start_step", "end_step",
     "running_loss", "out_dir"}``: the run trained steps ``start_step`` .. ``end_step`` (equal when there was
     nothing to do); ``running_loss`` is the exponential average of the loss (None if no step was ever taken).
     """
@@ -224,6 +248,7 @@ def train(
     _check_memory(net, loss_fn, x, y, config.batch_size)  # before the seed: the probe's draws are then forgotten
     out = os.fspath(out_dir)
     fingerprint = _data_fingerprint(x, y)
+    meta, data_scale = _with_data_scale(meta, x)  # meta.data.sigma_max: Langevin's start on the trained model
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout draws from the global generator
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -246,12 +271,12 @@ def train(
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g.get_state(),
                      "torch_rng": torch.get_rng_state(), "step": step, "running_loss": running}
             save_checkpoint(out, net, step=step, ema=ema, trainer_state=state,
-                            meta={**(meta or {}), "train": asdict(config), "data_fingerprint": fingerprint})
+                            meta={**(meta or {}), **_evaluated(ema, evaluate), "train": asdict(config),
+                                  "data_fingerprint": fingerprint})
 
         net.train()
         n = x.shape[0]
-        with tqdm(total=config.steps, initial=start, disable=None if progress is None else not progress,
-                  desc=f"train {config.objective}", unit="step") as bar:
+        with progress_bar(config.steps, progress, f"train {config.objective}", "step", initial=start) as bar:
             for step in range(start, config.steps):
                 idx = torch.randint(0, n, (config.batch_size,), generator=g)
                 loss = loss_fn(x[idx], None if y is None else y[idx], g)
@@ -266,15 +291,30 @@ def train(
                 # EMA warm-up (as in diffusers' EMAModel): early weights fade out of short runs quickly
                 _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
                 running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-                bar.update()
                 bar.set_postfix(loss=f"{running:.4f}")
+                bar.update()
                 if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                     checkpoint(step + 1)
                 if callback is not None:
                     callback(step + 1, loss.item())
     net.eval()
+    if data_scale is not None:
+        net.data_sigma_max = data_scale  # as load_checkpoint sets it: net.score_model() starts Langevin at the data's scale
     return {"steps": config.steps, "start_step": start, "end_step": config.steps, "running_loss": running,
             "out_dir": out}
+
+
+def _evaluated(ema: nn.Module, evaluate: Optional[Callable[[nn.Module], dict]]) -> dict:
+    """``evaluate(ema)`` in eval mode without gradients (no random numbers drawn: the run stays reproducible)."""
+    if evaluate is None:
+        return {}
+    mode = ema.training
+    try:
+        ema.eval()
+        with torch.no_grad():
+            return dict(evaluate(ema))
+    finally:
+        ema.train(mode)
 
 
 def _resume(out: str, net: nn.Module, ema: nn.Module, config: TrainConfig, fingerprint: dict, opt, sched,

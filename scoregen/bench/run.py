@@ -1,0 +1,214 @@
+"""Run a benchmark: every sampler (scoregen's and, optionally, its peers') at every NFE budget on one subject."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from .._checks import check_int
+from ..samplers import SAMPLERS, sample
+from ..samplers.langevin import langevin_budget, langevin_grid
+from .scorers import Column
+from .subjects import DEFAULT_N, Subject
+
+__all__ = ["BenchRow", "BenchResult", "budget_options", "run_bench", "guidance_sweep", "DEFAULT_BUDGETS"]
+
+#: NFE budgets: the fast regime, where samplers differ most (by 100 evaluations the first-order samplers reach the
+#: floor on the built-in targets; ``budgets=`` adds 1000 and beyond).
+DEFAULT_BUDGETS = {"exact": (10, 20, 50, 100), "digits": (10, 20, 50)}
+
+#: Samples kept per row of an image model, for its grid.
+GRID_SAMPLES = 64
+
+
+@dataclass
+class BenchRow:
+    """One run: ``source`` is ``scoregen``, ``diffusers``, ``k-diffusion``, or ``reference`` (exact or real samples);
+    ``budget`` the NFE asked for and ``nfe`` the evaluations spent per trajectory, counted by scoregen."""
+
+    source: str
+    sampler: str
+    options: str
+    budget: int
+    nfe: int
+    wall_time: float
+    metrics: dict
+    guidance_scale: Optional[float] = None
+    samples: Optional[torch.Tensor] = field(default=None, repr=False)  # the first GRID_SAMPLES, image models only
+    failed: Optional[str] = None  # why the run produced no samples (a sampler that diverged), or None
+
+
+@dataclass
+class BenchResult:
+    subject: str
+    kind: str
+    n: int
+    seed: int
+    rows: list
+    floors: dict
+    columns: list
+    headline: str
+    description: str
+    guidance: str = ""
+    peers: list = field(default_factory=list)          # each peer's recorded configuration
+    skipped_peers: list = field(default_factory=list)  # why a peer did not run
+    notes: list = field(default_factory=list)
+
+    @property
+    def headline_column(self) -> Column:
+        return next(c for c in self.columns if c.key == self.headline)
+
+
+def budget_options(sampler: str, nfe: int, model) -> dict:
+    """Sampler options that spend ``nfe`` model evaluations as exactly as the sampler's structure allows.
+
+    ddpm / ddim: ``steps = nfe`` (at most the model's trained levels); langevin: its default grid's number of levels
+    (:func:`~scoregen.samplers.langevin.langevin_grid`: the model's NCSN levels, or NCSNv2's technique 2; fewer when
+    ``nfe`` is smaller) with the budget spread over them exactly (:func:`~scoregen.samplers.langevin.langevin_budget`).
+    """
+    nfe = check_int("nfe", nfe)
+    if sampler in ("ddpm", "ddim"):
+        times = model.schedule.times
+        return {"steps": min(nfe, len(times)) if times is not None else nfe}
+    if sampler == "langevin":
+        return langevin_budget(nfe, len(langevin_grid(model, model.shape)))
+    raise ValueError(f"no NFE budget rule for sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
+
+
+def _options_text(options: dict) -> str:
+    def show(v):
+        if isinstance(v, (list, tuple)):
+            return f"{min(v)}..{max(v)}" if len(set(v)) > 1 else str(v[0])
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={show(v)}" for k, v in options.items())
+
+
+def _progress(total: int, progress: Optional[bool], desc: str):
+    from .._progress import progress as bar
+
+    return bar(total, progress, desc, unit="run")
+
+
+def run_bench(
+    subject: Subject,
+    samplers: Sequence[str] = ("ddpm", "ddim", "langevin"),
+    budgets: Optional[Iterable[int]] = None,
+    n: Optional[int] = None,
+    seed: int = 0,
+    *,
+    peers: bool = False,
+    peer_names: Optional[Sequence[str]] = None,
+    label: Optional[int] = None,
+    guidance_scale: float = 1.0,
+    progress: Optional[bool] = None,
+) -> BenchResult:
+    """Sample ``subject`` with every sampler at every NFE budget and score each run the same way.
+
+    The first row is the reference (exact samples, or real digits), scored like a sampler; ``floors`` holds what a
+    perfect sampler scores at this n (mean, std over fresh reference draws). With ``peers``, diffusers' schedulers
+    and k-diffusion's samplers run on the same model at the same budgets (:mod:`scoregen.bench.peers`), their NFE
+    counted by scoregen around the model. With ``label`` (exact targets), the samplers run under guidance to that
+    class at ``guidance_scale`` and are scored against the exact conditional.
+    """
+    n = DEFAULT_N[subject.kind] if n is None else check_int("n (samples per run; the metrics need two)", n, 2)
+    budgets = sorted(set(DEFAULT_BUDGETS[subject.kind] if budgets is None else (check_int("budget", b) for b in budgets)))
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown or not samplers:
+        raise ValueError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
+    model, y = subject.model, None
+    if label is not None:
+        if subject.guided is None:
+            raise ValueError(f"{subject.name} has no guidance to benchmark")
+        model, y = subject.guided(guidance_scale, label, n)
+    scorer = subject.make_scorer(n, seed, label, guided=label is not None)
+    peer_list, skipped = [], []
+    if peers and label is None:
+        from .peers import peers_for
+
+        peer_list, skipped = peers_for(subject.model, data_range=subject.data_range, names=peer_names)
+    elif peers:
+        skipped = ["peers run on unguided models only: without --label"]
+    result = BenchResult(subject.name, subject.kind, n, seed, [], {}, scorer.columns, scorer.headline,
+                         scorer.description, subject.guidance if label is not None else "",
+                         [{"library": p.library, "name": p.name, **p.config} for p in peer_list], skipped)
+    if "langevin" in samplers:
+        result.notes.append(f"langevin's grid: {langevin_grid(model, model.shape).describe()}; a budget below its number "
+                            "of levels runs a geometric grid of that many levels over the same range")
+    labels = None if y is None else (torch.full((n,), y) if isinstance(y, int) else y)
+    result.rows.append(_reference_row(subject, scorer, guidance_scale if label is not None else None))
+    jobs = [("scoregen", s, b) for s in samplers for b in budgets] + [(p, p.name, b) for p in peer_list for b in budgets]
+    with _progress(len(jobs) + 1, progress, f"bench {subject.name}") as bar:
+        result.floors = scorer.floor()
+        bar.update(1)
+        for source, name, budget in jobs:
+            result.rows.append(_run_one(source, name, budget, model, subject, scorer, n, seed, labels,
+                                        guidance_scale if label is not None else None))
+            bar.update(1)
+    return result
+
+
+def _reference_row(subject: Subject, scorer, scale: Optional[float]) -> BenchRow:
+    """The reference (exact samples, or real digits with their own labels), scored like a sampler."""
+    reference = scorer.reference_samples(0)
+    return BenchRow("reference", "exact" if subject.kind == "exact" else "real digits", "-", 0, 0, 0.0,
+                    scorer.score(reference, scorer.reference_labels(0)), scale, _keep(reference, subject))
+
+
+def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n: int, seed: int, labels,
+             scale: Optional[float]) -> BenchRow:
+    """One run, scored; a run whose samples diverge (NaN or inf, caught by scoregen's guard for peers too) is
+    recorded as failed, with the reason, instead of ending the benchmark."""
+    if source == "scoregen":
+        options = budget_options(name, budget, model)
+        row = BenchRow("scoregen", name, _options_text(options), budget, 0, 0.0, {}, scale)
+        run = lambda: sample(model, name, n, seed=seed, y=labels, x0_hook=subject.x0_hook, progress=False, **options)  # noqa: E731
+    else:
+        row = BenchRow(source.library, name, "", budget, 0, 0.0, {}, scale)
+        run = lambda: source.run(budget, n, seed)  # noqa: E731
+    try:
+        r = run()
+    except FloatingPointError as e:
+        row.failed = str(e)
+        return row
+    row.nfe, row.wall_time = r.nfe, r.wall_time
+    row.options = row.options or r.options
+    row.metrics, row.samples = scorer.score(r.samples, labels), _keep(r.samples, subject)
+    return row
+
+
+def guidance_sweep(
+    subject: Subject,
+    scales: Sequence[float] = (0, 1, 2, 3, 5, 10),
+    sampler: str = "ddim",
+    budget: int = 50,
+    n: Optional[int] = None,
+    seed: int = 0,
+    label: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> BenchResult:
+    """Quality and class accuracy as functions of the guidance scale: one run of ``sampler`` at ``budget`` NFE per
+    scale, under the subject's guidance (exact targets: class ``label``, default 0; digits: every class in turn)."""
+    if subject.guided is None:
+        raise ValueError(f"{subject.name} has no guidance to sweep")
+    n = DEFAULT_N[subject.kind] if n is None else check_int("n (samples per run; the metrics need two)", n, 2)
+    label = (0 if label is None else label) if subject.kind == "exact" else label
+    scorer = subject.make_scorer(n, seed, label, guided=True)
+    result = BenchResult(subject.name, subject.kind, n, seed, [], {}, scorer.columns, scorer.headline,
+                         scorer.description, subject.guidance)
+    result.rows.append(_reference_row(subject, scorer, None))
+    with _progress(len(scales) + 1, progress, f"guidance {subject.name}") as bar:
+        result.floors = scorer.floor()
+        bar.update(1)
+        for scale in scales:
+            model, y = subject.guided(float(scale), label, n)
+            labels = torch.full((n,), y) if isinstance(y, int) else y
+            result.rows.append(_run_one("scoregen", sampler, budget, model, subject, scorer, n, seed, labels, float(scale)))
+            bar.update(1)
+    return result
+
+
+def _keep(samples: torch.Tensor, subject: Subject) -> Optional[torch.Tensor]:
+    return samples[:GRID_SAMPLES].detach().cpu().float().clone() if subject.image else None
