@@ -273,8 +273,7 @@ class ScoreModel:
         prop = type(self).sigma_range
         if prop is ScoreModel.sigma_range:
             return "the largest VE noise level sigma/m of the model's schedule (no data scale known)"
-        doc = " ".join((getattr(prop, "__doc__", None) or "").strip().split("\n\n")[0].split()).rstrip(".")
-        return f"{type(self).__name__}.sigma_range" + (f": {doc}" if doc else "")
+        return f"{type(self).__name__}.sigma_range"
 
 
 def prepare_levels(model: object, sigma, m=1.0) -> None:

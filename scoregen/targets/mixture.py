@@ -118,6 +118,10 @@ class GaussianMixture(ScoreModel):
         d2 = d2 + self.dim * (self.stds[:, None] ** 2 + self.stds[None, :] ** 2)
         return float(np.sqrt(d2.max())), 0.01
 
+    @property
+    def sigma_max_source(self) -> str:
+        return "the target's largest RMS distance between two data points, NCSNv2's technique 1"
+
     def mean(self) -> np.ndarray:
         return self.weights @ self.means
 
