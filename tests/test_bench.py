@@ -82,3 +82,16 @@ def test_unknown_models_and_classifiers_are_refused():
         resolve_subject("digits-classifier")
     with pytest.raises(ValueError, match="n \\(samples per run"):
         run_bench(resolve_subject("ring2d"), ["ddim"], [5], n=1, progress=False)
+
+
+def test_a_checkpoint_trained_on_an_exact_target_is_scored_against_it(tmp_path):
+    from scoregen.cli import main
+
+    out = tmp_path / "ring-ddpm"
+    assert main(["train", "--data", "ring2d", "--objective", "ddpm", "--steps", "20", "--out", str(out), "--no-progress"]) == 0
+    subject = resolve_subject(str(out))
+    assert subject.kind == "exact" and "trained on ring2d" in subject.name
+    result = run_bench(subject, ["ddim"], [5], n=200, progress=False)
+    # 20 training steps: far from the exact mixture, by many standard errors
+    row = result.rows[1]
+    assert row.metrics["mmd2"] > 10 * row.metrics["mmd2_se"]

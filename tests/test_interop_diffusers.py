@@ -415,3 +415,23 @@ def test_load_errors(saved, tmp_path):
         load_diffusers(tmp_path / "pipe")
     with pytest.raises(FileNotFoundError, match="no scheduler config at"):
         load_diffusers(folder, scheduler=tmp_path / "nowhere")
+
+
+def test_bench_takes_a_diffusers_folder_with_a_reference(saved, capsys):
+    """`scoregen bench --model FOLDER` benchmarks a diffusers pipeline: without a record of its data it asks for
+    --reference; with --reference digits its (random-weight) samples are judged against real digits, far above the
+    floor, and the diffusers peers run on it too."""
+    from scoregen.bench import resolve_subject, run_bench
+    from scoregen.cli import main
+
+    folder = str(saved["eps"][0])
+    with pytest.raises(ValueError, match="pass reference="):
+        resolve_subject(folder)
+    subject = resolve_subject(folder, reference="digits")
+    result = run_bench(subject, ["ddim"], [3], n=40, peers=True, peer_names=["diffusers:DDIM"], progress=False)
+    assert [r.source for r in result.rows] == ["reference", "scoregen", "diffusers"]
+    floor_mean, floor_std = result.floors["fd"]
+    assert all(r.metrics["fd"] > floor_mean + 5 * floor_std for r in result.rows[1:])  # random weights: not digits
+    assert main(["bench", "--model", folder, "--reference", "digits", "--budgets", "2", "-n", "30", "--samplers",
+                 "ddim", "--no-progress"]) == 0
+    assert "judge FD" in capsys.readouterr().out

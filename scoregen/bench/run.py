@@ -134,6 +134,12 @@ def run_bench(
     result = BenchResult(subject.name, subject.kind, n, seed, [], {}, scorer.columns, scorer.headline,
                          scorer.description, subject.guidance if label is not None else "",
                          [{"library": p.library, "name": p.name, **p.config} for p in peer_list], skipped)
+    changed = sorted({k for p in peer_list for k in p.config.get("changed", {}) if k != "trained_betas"})
+    if peer_list:
+        result.notes.append("peers: diffusers' schedulers with their shipped defaults on the model's own betas"
+                            + (f", except {', '.join(changed)} off (the data are not within [-1, 1])" if changed else "")
+                            + "; k-diffusion's samplers on their wrapper's grid and on the Karras grid (rho 7); every "
+                              "configuration is in results.json")
     if "langevin" in samplers:
         result.notes.append(f"langevin's grid: {langevin_grid(model, model.shape).describe()}; a budget below its number "
                             "of levels runs a geometric grid of that many levels over the same range")

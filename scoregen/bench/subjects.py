@@ -119,17 +119,24 @@ def _network(spec: str, model: ScoreModel, net, reference: Optional[str], value_
             raise ValueError("the digits benchmark guides every class in turn (a guidance sweep), not one label")
         return DigitsScorer(judge, n, seed, guided=guided)
 
-    classes = getattr(net, "num_classes", None) if net is not None else None
-    guided, how = None, ""
-    if net is not None:
-        if classes:  # a conditional network: classifier-free guidance, scale w
-            wrap, how = (lambda scale: ClassifierFreeGuidance(model, net.null_label, scale)), "classifier-free guidance"
-        else:  # an unconditional one: the built-in noisy classifier guides
-            classifier = load_checkpoint("digits-classifier")[0].classifier()
-            wrap, how = (lambda scale: ClassifierGuidance(model, classifier, scale)), "classifier guidance (digits-classifier)"
-
-        def guided(scale: float, label: Optional[int], n: int) -> tuple:
-            return wrap(scale), torch.arange(n) % 10
-
+    guided, how = _digits_guidance(model, net) if net is not None else (None, "")
     return Subject(f"{spec} (digits)", "digits", model, make_scorer, x0_hook=clip_x0(lo, hi), data_range=(lo, hi),
                    guided=guided, guidance=how, info={**info, "judge": "digits-judge"})
+
+
+def _digits_guidance(model: ScoreModel, net) -> tuple:
+    """``(guided(scale, label, n) -> (model, y), description)`` for a digits network: classifier-free guidance (scale w)
+    on a conditional network, classifier guidance by the built-in noisy classifier on an unconditional one; every
+    class in turn, ``y = i mod 10``."""
+    from ..io import load_checkpoint
+
+    if getattr(net, "num_classes", None):
+        wrap, how = (lambda scale: ClassifierFreeGuidance(model, net.null_label, scale)), "classifier-free guidance"
+    else:
+        classifier = load_checkpoint("digits-classifier")[0].classifier()
+        wrap, how = (lambda scale: ClassifierGuidance(model, classifier, scale)), "classifier guidance (digits-classifier)"
+
+    def guided(scale: float, label: Optional[int], n: int) -> tuple:
+        return wrap(scale), torch.arange(n) % 10
+
+    return guided, how
