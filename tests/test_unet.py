@@ -179,6 +179,7 @@ def test_bad_arguments_raise_helpful_errors(kw, message):
         _small(**kw)
 
 
+@pytest.mark.slow  # 13 s; the shipped digits U-Nets, trained with the same code, are checked in the default run
 def test_tiny_unet_learns_a_fixed_batch():
     torch.manual_seed(0)  # the weight init
     net = UNet.tiny(schedule=SCHEDULE)
