@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..schedules import DiscreteVE, DiscreteVP, ncsnv2_levels
+from ..schedules import DiscreteVE, DiscreteVP, ncsnv2_levels, ncsnv2_sigma_max
 
 __all__ = ["ncsn_schedule", "default_network", "heldout_training"]
 
@@ -13,12 +13,11 @@ __all__ = ["ncsn_schedule", "default_network", "heldout_training"]
 def ncsn_schedule(x: Tensor, sigma_min: float = 0.01, max_points: int = 2000) -> DiscreteVE:
     """NCSNv2's recipe for a data set x (N, ...): sigma_max = the largest pairwise distance (technique 1,
     over at most ``max_points`` points), L by technique 2 for the data's dimension, sigma_min = 0.01."""
-    flat = x.reshape(x.shape[0], -1)[:max_points].double()
-    sigma_max = float(torch.cdist(flat, flat).max())
+    sigma_max = ncsnv2_sigma_max(x, max_points)
     if not sigma_max > sigma_min:
         raise ValueError(f"the data's largest pairwise distance {sigma_max:g} is not above sigma_min={sigma_min}: "
                          "is the data constant?")
-    return DiscreteVE.geometric(sigma_max, sigma_min, ncsnv2_levels(sigma_max, sigma_min, flat.shape[1]))
+    return DiscreteVE.geometric(sigma_max, sigma_min, ncsnv2_levels(sigma_max, sigma_min, x[0].numel()))
 
 
 def default_network(x: Tensor, objective: str, num_classes: int | None = None, conditional: bool = False) -> nn.Module:
