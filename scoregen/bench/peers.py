@@ -80,7 +80,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from ..models import ScoreModel, class_labels
+from ..models import ScoreModel, class_labels, prepare_levels
 from ..samplers._guard import Guarded
 from ..schedules import DiscreteVP, m_sigma_from_log_snr
 
@@ -235,14 +235,6 @@ def _label_levels(schedule: DiscreteVP, labels: Sequence[float]) -> tuple[list[f
     """``(m, sigma)`` of time labels of the schedule (fractional labels: log-SNR interpolated), float64."""
     m, sigma = m_sigma_from_log_snr(np.asarray(schedule.log_snr(np.asarray(labels, dtype=np.float64))), True)
     return np.atleast_1d(m).tolist(), np.atleast_1d(sigma).tolist()
-
-
-def prepare_levels(model, sigma, m=1.0) -> None:
-    """Declare the levels a run will query (``model.prepare``, where the model has it), as scoregen's samplers do
-    before their loop: a model answers the same with or without it, only faster."""
-    prepare = getattr(model, "prepare", None)
-    if callable(prepare):
-        prepare(sigma, m)
 
 
 def _installed(module: str) -> bool:
