@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checks import check_real
 from .errors import ScoregenError
-from .samplers import SAMPLERS, sampler_options
+from .samplers import SAMPLERS, SPACINGS, sampler_options
 
 # Which flags belong to which sampler, read off the samplers' own options: a flag given to a sampler
 # that ignores it is an error, not a no-op.
@@ -50,6 +50,38 @@ def _number(convert, what: str, ok):
 _positive_int = _number(int, "a positive integer", lambda v: v >= 1)
 _seed = _number(int, "an integer seed in 0 .. 2**63 - 1 (a torch.Generator seed)", lambda v: 0 <= v < 2**63)
 _finite_float = _number(float, "a finite number", math.isfinite)
+
+
+def _sigmas_arg(value: str):
+    """--sigmas: comma-separated VE sigmas, noisiest first, or a grid JSON file (``scoregen tune-grid --out``)."""
+    if value.endswith(".json"):
+        from .samplers.tune import load_grid
+
+        try:
+            return load_grid(value)
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read the grid file {value!r}: {e}") from None
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        out = []
+    if not out or not all(math.isfinite(v) for v in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated VE sigmas (e.g. 80,10,1,0.1,0) or a grid FILE.json, got {value!r}")
+    return out
+
+
+def _timesteps_arg(value: str):
+    """--timesteps: comma-separated time labels (noisiest first), or a respacing like ddim25 or 10,15,20 with 'respace:'."""
+    if value.startswith("respace:"):
+        return value[len("respace:"):]
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        out = []
+    if not out or not all(math.isfinite(v) for v in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated time labels (e.g. 999,750,500,250,1) or "
+                                         f"respace:ddim25 / respace:10,15,20, got {value!r}")
+    return out
 
 
 def _check_output(parser: argparse.ArgumentParser, flag: str, path: str, suffix: str) -> None:
@@ -109,8 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-clip", action="store_true", help="image models: do not clip x0_hat to the data range")
     s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm",
                    help="ddpm: ancestral sampling; ddim: DDIM (eta 0: deterministic); langevin: annealed Langevin dynamics")
-    s.add_argument("--steps", type=_positive_int, help="ddpm/ddim: number of levels, evenly spaced trained steps "
-                                                      "(default: ddpm all trained levels; ddim 50, or all if fewer)")
+    s.add_argument("--steps", type=_positive_int, help="number of steps of the step grid (default: the sampler's own: "
+                                                      "ddpm all trained levels; ddim and euler 50; see docs/samplers.md)")
+    s.add_argument("--spacing", choices=SPACINGS, help="how the step grid is spaced: trained levels, diffusers' leading / "
+                                                       "trailing / linspace, EDM's karras, uniform logsnr or time, or "
+                                                       "optimized for this model (default: the sampler's own)")
+    s.add_argument("--sigmas", type=_sigmas_arg, help="an explicit step grid: comma-separated VE sigmas, noisiest first, "
+                                                      "or a FILE.json from `scoregen tune-grid` (default: --spacing)")
+    s.add_argument("--timesteps", type=_timesteps_arg, help="an explicit step grid in the model's own time labels, "
+                                                            "noisiest first, or respace:ddim25 (improved-diffusion's "
+                                                            "respacing; default: --spacing)")
     s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default: beta_tilde)")
     s.add_argument("--eta", type=_finite_float, help="ddim: noise, 0 deterministic .. 1 ancestral (default: 0)")
     s.add_argument("--levels", type=_positive_int,
@@ -265,7 +305,8 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
         with warnings.catch_warnings():  # the run itself already warned about a coarse grid
             warnings.simplefilter("ignore")
-            grid = langevin_grid(model, model.shape, args.levels, args.sigma_max, args.sigma_min)
+            grid = langevin_grid(model, model.shape, args.levels, args.sigma_max, args.sigma_min, spacing=args.spacing,
+                                 sigmas=args.sigmas, timesteps=args.timesteps)
         print(f"langevin grid: {grid.describe()}")
     return 0
 

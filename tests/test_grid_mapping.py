@@ -16,7 +16,14 @@ import torch
 import scoregen as sg
 from scoregen.models import LevelMap, NetworkClassifier, prepare_levels
 from scoregen.samplers import langevin_grid
-from scoregen.samplers._common import levels_to_clean
+from scoregen.samplers.grids import step_grid
+
+
+def levels_to_clean(model, steps):
+    """(m, sigma) lists of the trained grid of ``steps`` levels (all when None), ending clean."""
+    times = model.schedule.times
+    grid = step_grid(model, steps if steps is not None or times is None else len(times), "trained", default_steps=1000)
+    return list(grid.m), list(grid.sigma)
 from scoregen.schedules import ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
 from stats import ExactEpsNet
 

@@ -28,17 +28,20 @@ import torch
 from torch import Tensor
 
 from ..models import ScoreModel, X0Hook, check_like, class_labels
-from .._checks import check_int
+from .._checks import check_int, check_real
 from . import _batches, _guard
+from ._common import Start
 from .ddim import ddim
 from .ddpm import ddpm
+from .grids import SPACINGS, StepGrid, step_grid
 from .langevin import LangevinGrid, langevin, langevin_budget, langevin_grid
+from .ode import euler, heun
 
 __all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin", "langevin_grid",
-           "langevin_budget", "LangevinGrid"]
+           "langevin_budget", "LangevinGrid", "euler", "heun", "step_grid", "StepGrid", "SPACINGS"]
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim}
-_SHARED = {"generator", "y", "callback", "progress"}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim, "euler": euler, "heun": heun}
+_SHARED = {"generator", "y", "start", "callback", "progress"}
 
 
 @dataclass
@@ -96,6 +99,8 @@ def sample(
     device: Union[str, torch.device, None] = None,
     dtype: torch.dtype = torch.float32,
     batch_size: Optional[int] = None,
+    x_start: Optional[Tensor] = None,
+    start_level: Optional[float] = None,
     **options,
 ) -> SampleResult:
     """Draw ``n`` samples from ``model`` with ``sampler`` (a name in :data:`SAMPLERS` or a sampler function).
@@ -112,7 +117,12 @@ def sample(
             in order, each drawing its initial noise and then its sampler's noise, and are concatenated; ``callback`` and the progress bar run
             once per batch. A model holding per-sample data (a measurement with one observation per sample)
             needs all n samples in one batch.
-        options: the sampler's own options, e.g. ``steps``, ``variance``, ``eta``, ``levels``.
+        x_start / start_level: start from a given state instead of the prior draw, shape (n, *shape) or (*shape).
+            With ``start_level`` (a VE noise level sigma / m; SDEdit, img2img), ``x_start`` is clean data: it is
+            noised to that level with the run's initial noise (``m x_start + sigma z``) and the sampler solves down
+            from there on the part of its grid below that level, the level itself first. Without it, ``x_start`` is
+            the state at the grid's first level, in the model's coordinates (NCSN's uniform start).
+        options: the sampler's own options, e.g. ``steps``, ``spacing``, ``variance``, ``eta``, ``levels``.
 
     Samples depend on the seed, n and the batch size: n = 100 and two runs of n = 50 with the same seed give
     different samples, even for deterministic DDIM (eta = 0), because the initial noise of a batch is drawn as
@@ -158,6 +168,7 @@ def sample(
     device = torch.device(device) if device is not None else torch.device("cpu")
     seed = _check_seed(seed, generator, device)
     labels = None if y is None else class_labels(y, n, device, who="y: ")  # a view for an int: nothing of size n
+    x_start = _check_start(x_start, start_level, n, model.shape, name, params)
     stack = model if x0_hook is None else X0Hook(model, x0_hook)
     batch = _batches.batch_size_for(n, stack, dtype, device, labels, batch_size)
 
@@ -171,6 +182,9 @@ def sample(
         guarded = _guard.Guarded(stack, name, type(model).__name__, z)
         t0 = time.perf_counter()
         with torch.no_grad():
+            if x_start is not None:
+                options["start"] = Start(x_start[start:start + b] if x_start.shape[0] == n else x_start.expand_as(z),
+                                         start_level)
             x = fn(guarded, z, generator=generator, y=None if labels is None else labels[start:start + b],
                    callback=callback, progress=progress, **options)
             guarded.finish()
@@ -188,4 +202,27 @@ def sample(
         else:
             out = torch.empty((n, *model.shape), dtype=dtype, device=device) if out is None else out
             out[start:start + b] = x
+    options.pop("start", None)
     return SampleResult(out, nfe, wall, name, seed, dict(options), batch)
+
+
+def _check_start(x_start, start_level, n: int, shape: tuple, name: str, params) -> Optional[Tensor]:
+    """``x_start`` checked against n and the sample shape (None when not given); ``start_level`` only with it."""
+    if x_start is None:
+        if start_level is not None:
+            raise ValueError("start_level needs x_start: the clean data to noise to that level (SDEdit)")
+        return None
+    if "start" not in params:
+        raise ValueError(f"sampler {name!r} does not take a starting state (it has no `start` argument)")
+    if not isinstance(x_start, Tensor) or not x_start.is_floating_point():
+        raise ValueError(f"x_start must be a floating-point tensor of shape (n, *shape) = ({n}, {', '.join(map(str, shape))}) "
+                         f"or {tuple(shape)}, got {type(x_start).__name__}")
+    if tuple(x_start.shape) == tuple(shape):
+        x_start = x_start.unsqueeze(0)
+    if tuple(x_start.shape[1:]) != tuple(shape) or x_start.shape[0] not in (1, n):
+        raise ValueError(f"x_start must have shape (n, *shape) = {(n, *shape)} or {tuple(shape)}, got {tuple(x_start.shape)}")
+    if not bool(torch.isfinite(x_start).all()):
+        raise ValueError("x_start has NaN or inf entries")
+    if start_level is not None:
+        check_real("start_level (a VE noise level sigma / m)", start_level, 0.0, lo_open=True)
+    return x_start

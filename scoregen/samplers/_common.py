@@ -6,23 +6,16 @@ import math
 import os
 import sys
 import warnings
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from torch import Tensor
 
-from .._checks import check_int
 from .._progress import progress as _progress
-from ..models import ScoreModel
-from ..schedules import MAX_LEVELS
+from ..models import ScoreModel, prepare_levels
+from .grids import StepGrid
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scoregen folder
-
-
-def levels_to_clean(model: ScoreModel, steps: Optional[int]) -> tuple[list[float], list[float]]:
-    """``(m, sigma)`` of ``steps`` of the model's trained levels (all if None), noisiest first, then the
-    clean level (m=1, sigma=0) the last step lands on. Python floats: coefficients are computed once per run."""
-    m, sigma = model.schedule.levels(None if steps is None else check_int("steps", steps, 1, MAX_LEVELS))
-    return [float(v) for v in m] + [1.0], [float(v) for v in sigma] + [0.0]
 
 
 def prior(z: Tensor, m: float, sigma: float) -> Tensor:
@@ -30,6 +23,48 @@ def prior(z: Tensor, m: float, sigma: float) -> Tensor:
 
     A new tensor: samplers update it in place (no allocation per step), so a callback's ``x`` is live."""
     return z * math.sqrt(m * m + sigma * sigma)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a sampler starts instead of the prior draw (:func:`scoregen.sample`'s ``x_start``):
+
+    * ``level`` given (SDEdit, img2img): ``x`` is clean data, noised to VE level ``level`` (``sigma / m``) with the
+      sampler's own initial noise z, ``m x + sigma z``; the sampler then solves down from that level only.
+    * ``level`` None: ``x`` is the state itself at the grid's first level, in the model's coordinates (NCSN's
+      uniform start; a trajectory resumed from a callback's state).
+
+    ``x`` has the batch's shape (B, *shape)."""
+
+    x: Tensor
+    level: Optional[float] = None
+
+
+def begin(model: ScoreModel, z: Tensor, grid: StepGrid, start: Optional[Start], ve: bool) -> tuple[StepGrid, Tensor]:
+    """The grid a run walks (cut at ``start.level`` for SDEdit) and its initial state, a new tensor the sampler updates
+    in place: the prior draw (:func:`prior`), or ``start``'s. In VE coordinates (``x / m``) with ``ve``, else the
+    model's. The levels the run queries are declared to the model (:func:`~scoregen.models.prepare_levels`)."""
+    if start is not None and start.level is not None:
+        grid = grid.starting_at(start.level)
+    if start is None:
+        x = prior(z, grid.m[0], grid.sigma[0])
+    elif start.level is None:
+        x = start.x.to(z).clone()
+    else:
+        x = start.x.to(z) * grid.m[0] + z * grid.sigma[0]
+    if ve:
+        x.div_(grid.m[0])
+        prepare_levels(model, grid.s[:-1], 1.0)
+    else:
+        prepare_levels(model, list(grid.sigma[:-1]), list(grid.m[:-1]))
+    return grid, x
+
+
+def report(bar, callback: Optional[Callable[[dict], None]], i: int, x: Tensor, m: float, sigma: float, **extra) -> None:
+    """After step ``i``: advance the progress bar and call the user's callback with the state x at level (m, sigma)."""
+    bar.update()
+    if callback is not None:
+        callback({"i": i, "x": x, "m": m, "sigma": sigma, **extra})
 
 
 def progress_bar(total: int, progress: Optional[bool], desc: str):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Sequence
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from .._checks import check_real
-from ..models import ScoreModel, prepare_levels
+from ..models import ScoreModel
 from ..schedules import transition
-from ._common import levels_to_clean, prior, progress_bar
+from ._common import Start, begin, progress_bar, report
+from .grids import StepGrid, step_grid
 
 
 def ddim(
@@ -19,25 +21,29 @@ def ddim(
     z: Tensor,
     *,
     steps: Optional[int] = None,
+    spacing: Optional[str] = None,
+    sigmas: Union[Sequence[float], StepGrid, None] = None,
+    timesteps: Optional[Sequence[float]] = None,
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     y: Optional[Tensor] = None,
+    start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
     progress: Optional[bool] = None,
 ) -> Tensor:
     """``x_s = m_s x0_hat + sqrt(sigma_s^2 - c^2) eps + c z``, ``c = eta * sqrt(beta_tilde_ts)`` (eq. 12, in (m, sigma) form).
 
-    Runs on ``steps`` evenly spaced trained levels (default 50, or all if the model has fewer). eta = 1 is exactly DDPM ancestral
+    Runs on the step grid (:func:`~scoregen.samplers.grids.step_grid`): by default ``steps`` evenly spaced trained
+    levels (default 50, or all if the model has fewer); diffusers' DDIMScheduler spacing is ``spacing="leading"``.
+    The last step lands on sigma = 0 with x0_hat from the cleanest level. eta = 1 is exactly DDPM ancestral
     sampling with variance beta_tilde; eta = 0 is the deterministic probability-flow discretisation.
     """
     eta = check_real("eta (0: deterministic DDIM, 1: DDPM-equivalent)", eta, 0.0, 1.0)
-    if steps is None:
-        trained = model.schedule.times
-        steps = 50 if trained is None else min(50, len(trained))
-    m, sigma = levels_to_clean(model, steps)
+    grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ddim", default_steps=50)
+    grid, x = begin(model, z, grid, start, ve=False)
+    m, sigma = grid.m, grid.sigma
     c = [eta * math.sqrt(transition(m[i], sigma[i], m[i + 1], sigma[i + 1])[2]) for i in range(len(m) - 1)]
-    prepare_levels(model, sigma[:-1], m[:-1])  # the levels the loop queries, mapped at once
-    x, noise = prior(z, m[0], sigma[0]), torch.empty_like(z)
+    noise = torch.empty_like(z)
     with progress_bar(len(c), progress, "ddim") as bar:
         for i in range(len(c)):
             eps = model.eps(x, sigma[i], m[i], y)
@@ -46,7 +52,5 @@ def ddim(
             x.mul_(m[i + 1] / m[i]).add_(eps, alpha=direction - m[i + 1] * sigma[i] / m[i])
             if c[i] > 0:
                 x.add_(noise.normal_(generator=generator), alpha=c[i])
-            bar.update()
-            if callback is not None:
-                callback({"i": i, "x": x, "m": m[i + 1], "sigma": sigma[i + 1], "eps": eps})
+            report(bar, callback, i, x, m[i + 1], sigma[i + 1], eps=eps)
     return x

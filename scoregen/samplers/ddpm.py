@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Optional
+from collections.abc import Sequence
+from typing import Callable, Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
-from ..models import ScoreModel, prepare_levels
+from ..models import ScoreModel
 from ..schedules import transition
-from ._common import levels_to_clean, prior, progress_bar
+from ._common import Start, begin, progress_bar, report
+from .grids import StepGrid, step_grid
 
 
 def ddpm(
@@ -18,9 +20,13 @@ def ddpm(
     z: Tensor,
     *,
     steps: Optional[int] = None,
+    spacing: Optional[str] = None,
+    sigmas: Union[Sequence[float], StepGrid, None] = None,
+    timesteps: Optional[Sequence[float]] = None,
     variance: Literal["beta_tilde", "beta"] = "beta_tilde",
     generator: Optional[torch.Generator] = None,
     y: Optional[Tensor] = None,
+    start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
     progress: Optional[bool] = None,
 ) -> Tensor:
@@ -35,16 +41,20 @@ def ddpm(
 
     Args:
         z: standard normal noise of shape (B, *shape); the start is ``x_T = sqrt(m_T^2 + sigma_T^2) z``.
-        steps: how many of the model's trained levels to visit (evenly spaced); all when None.
+        steps, spacing, sigmas, timesteps: the step grid (:func:`~scoregen.samplers.grids.step_grid`); by default
+            every trained level of a discrete model (1000 uniform times of a continuous one).
     Returns: samples at the clean level, shape (B, *shape). NFE = number of levels.
     """
     if variance not in ("beta_tilde", "beta"):
         raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
-    m, sigma = levels_to_clean(model, steps)
+    times = model.schedule.times
+    grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ddpm",
+                     default_steps=1000 if times is None else len(times))
+    grid, x = begin(model, z, grid, start, ve=False)
+    m, sigma = grid.m, grid.sigma
     kernels = [transition(m[i], sigma[i], m[i + 1], sigma[i + 1]) for i in range(len(m) - 1)]
-    prepare_levels(model, sigma[:-1], m[:-1])  # the levels the loop queries, mapped at once
     last = len(kernels) - 1
-    x, noise = prior(z, m[0], sigma[0]), torch.empty_like(z)
+    noise = torch.empty_like(z)
     with progress_bar(len(kernels), progress, "ddpm") as bar:
         for i, (alpha, beta, beta_tilde) in enumerate(kernels):
             eps = model.eps(x, sigma[i], m[i], y)
@@ -52,7 +62,5 @@ def ddpm(
             if i < last:
                 v = beta_tilde if variance == "beta_tilde" else beta
                 x.add_(noise.normal_(generator=generator), alpha=math.sqrt(v))
-            bar.update()
-            if callback is not None:
-                callback({"i": i, "x": x, "m": m[i + 1], "sigma": sigma[i + 1], "eps": eps})
+            report(bar, callback, i, x, m[i + 1], sigma[i + 1], eps=eps)
     return x

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models import ScoreModel, prepare_levels
+from ..models import ScoreModel
 from .._checks import check_int, check_real
 from ..schedules import MAX_LEVELS, ncsnv2_levels
-from ._common import prior, progress_bar, warn_at_caller
+from ._common import Start, begin, progress_bar, report, warn_at_caller
+from .grids import StepGrid, step_grid
 
 __all__ = ["langevin", "langevin_grid", "langevin_budget", "LangevinGrid"]
 
@@ -57,7 +58,9 @@ class LangevinGrid(list):
 
 def langevin_grid(model: ScoreModel, shape_or_dim: Union[int, Sequence[int]], levels: Optional[int] = None,
                   sigma_max: Optional[float] = None, sigma_min: Optional[float] = None,
-                  dtype: torch.dtype = torch.float32) -> LangevinGrid:
+                  dtype: torch.dtype = torch.float32, *, spacing: Optional[str] = None,
+                  sigmas: Union[Sequence[float], StepGrid, None] = None,
+                  timesteps: Optional[Sequence[float]] = None) -> LangevinGrid:
     """The VE noise levels :func:`langevin` runs on for these options, largest first, and where sigma_max came from.
 
     ``shape_or_dim``: the sample shape (``model.shape``) or its number of elements D (the default number of levels
@@ -71,6 +74,10 @@ def langevin_grid(model: ScoreModel, shape_or_dim: Union[int, Sequence[int]], le
       a network trained by ``scoregen train``, which records it as ``meta.data.sigma_max``), else the model's
       largest trained VE level (157 on DDPM's linear schedule, far above data in [-1, 1]).
 
+    * With ``spacing``, ``sigmas`` or ``timesteps``: the noisy levels of that step grid
+      (:func:`~scoregen.samplers.grids.step_grid`, ``levels`` of them; karras and logsnr between sigma_max and
+      sigma_min as above), e.g. ``spacing="trained", levels=50`` for 50 of a DDPM network's trained levels.
+
     ``LangevinGrid.source`` (and :meth:`LangevinGrid.describe`) says which. A geometric grid is refused when sigma_min
     is below what ``dtype`` resolves (:data:`RESOLUTION_ULPS`) and warned about when consecutive levels are more than
     :data:`MAX_LEVEL_RATIO` apart.
@@ -78,6 +85,14 @@ def langevin_grid(model: ScoreModel, shape_or_dim: Union[int, Sequence[int]], le
     dim = check_int("shape_or_dim", shape_or_dim) if isinstance(shape_or_dim, (int, np.integer)) else \
         math.prod(check_int("a shape entry", d) for d in shape_or_dim)
     schedule = model.schedule
+    if spacing is not None or sigmas is not None or timesteps is not None:
+        default_max, default_min = model.sigma_range
+        ranged = spacing in ("karras", "logsnr")
+        grid = step_grid(model, levels, spacing, sigmas=sigmas, timesteps=timesteps, solver="langevin",
+                         default_steps=ncsnv2_levels(default_max, default_min, dim),
+                         sigma_max=(default_max if sigma_max is None else sigma_max) if ranged else sigma_max,
+                         sigma_min=sigma_min)
+        return LangevinGrid(grid.s[:-1], f"step grid: {grid.spacing}")
     if levels is None and sigma_max is None and sigma_min is None and not schedule.variance_preserving \
             and schedule.times is not None:
         return LangevinGrid(schedule.levels()[1], "the model's trained NCSN levels (its schedule's sigmas)")
@@ -166,6 +181,9 @@ def langevin(
     z: Tensor,
     *,
     levels: Optional[int] = None,
+    spacing: Optional[str] = None,
+    sigmas: Union[Sequence[float], StepGrid, None] = None,
+    timesteps: Optional[Sequence[float]] = None,
     steps_per_level: Union[int, Sequence[int]] = 100,
     step_lr: Optional[float] = None,
     sigma_max: Optional[float] = None,
@@ -173,6 +191,7 @@ def langevin(
     final_denoise: bool = False,
     generator: Optional[torch.Generator] = None,
     y: Optional[Tensor] = None,
+    start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
     progress: Optional[bool] = None,
 ) -> Tensor:
@@ -189,6 +208,8 @@ def langevin(
     model's largest trained level; ``step_lr = 0.2 * sigma_L^2``, which keeps NCSN's ratio a_L / sigma_L^2 = 0.2
     (2e-5 at sigma_L = 0.01). ``steps_per_level``: one int T for every level (default 100), or a sequence of one
     step count per level, largest sigma first (:func:`langevin_budget` spends a budget exactly).
+    ``spacing``, ``sigmas`` or ``timesteps`` take the levels from a step grid instead (:func:`langevin_grid`).
+    With an SDEdit ``start`` the run begins at its level with the step count of the first level it replaces.
     ``final_denoise`` adds NCSNv2's last step ``x <- x + sigma_L^2 score(x, sigma_L)``.
     A geometric grid needs ``sigma_min >= 8 * eps`` of z's dtype (about 1e-6 in float32: smaller levels round
     away on data of unit scale, :data:`RESOLUTION_ULPS`), and warns when consecutive levels are more than a
@@ -196,20 +217,24 @@ def langevin(
     Works on any score model: a VP-trained network answers these VE levels by log-SNR matching.
     NFE = sum of the steps per level (levels * steps_per_level for an int), +1 with final_denoise.
     """
-    sigmas = langevin_grid(model, math.prod(z.shape[1:]), levels, sigma_max, sigma_min, z.dtype)
+    sigmas = langevin_grid(model, math.prod(z.shape[1:]), levels, sigma_max, sigma_min, z.dtype, spacing=spacing,
+                           sigmas=sigmas, timesteps=timesteps)
     steps = _steps_per_level(steps_per_level, len(sigmas))
     step_lr = 0.2 * sigmas[-1] ** 2 if step_lr is None else check_real("step_lr", step_lr, 0.0, lo_open=True)
-    prepare_levels(model, sigmas, 1.0)  # the levels the loop queries, mapped at once
-    x, noise = prior(z, 1.0, sigmas[0]), torch.empty_like(z)
+    grid, x = begin(model, z, StepGrid((1.0,) * (len(sigmas) + 1), (*sigmas, 0.0), "langevin", False), start, ve=True)
+    if len(grid) != len(sigmas) or grid.s[0] != sigmas[0]:  # an SDEdit start: its level, then the levels below it
+        kept = len(grid) - 1
+        steps = [steps[max(len(sigmas) - kept - 1, 0)]] + steps[len(sigmas) - kept:]
+        sigmas = grid.s[:-1]
+    noise = torch.empty_like(z)
     with progress_bar(sum(steps), progress, "langevin") as bar:
         for i, sigma in enumerate(sigmas):
             a = step_lr * sigma**2 / sigmas[-1] ** 2  # Algorithm 1, step size alpha_i
             for _ in range(steps[i]):
                 score = model.score(x, sigma, 1.0, y)
                 x.add_(score, alpha=a).add_(noise.normal_(generator=generator), alpha=math.sqrt(2 * a))
-            bar.update(steps[i])
-            if callback is not None:
-                callback({"i": i, "x": x, "m": 1.0, "sigma": sigma})
+            bar.update(steps[i] - 1)
+            report(bar, callback, i, x, 1.0, sigma)
     if final_denoise:
         x = x + sigmas[-1] ** 2 * model.score(x, sigmas[-1], 1.0, y)  # Tweedie: E[x0 | x] at sigma_L
     return x
