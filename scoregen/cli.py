@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", help="also save the samples as an image grid to this PNG, for image models (default: no grid)")
     s.add_argument("--no-clip", action="store_true", help="image models: do not clip x0_hat to the data range")
     s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm",
-                   help="ddpm: ancestral sampling; ddim: DDIM (eta 0: deterministic); langevin: annealed Langevin dynamics")
+                   help="ddpm: ancestral sampling; ddim: DDIM (eta 0: deterministic); langevin: annealed Langevin dynamics; "
+                        "the ODE solvers euler, heun, dpmpp_2m, dpmpp_3m, unipc, deis, ipndm, ode (adaptive); the SDE "
+                        "solvers edm, dpmpp_2m_sde, euler_maruyama, pc (docs/samplers.md)")
     s.add_argument("--steps", type=_positive_int, help="number of steps of the step grid (default: the sampler's own: "
                                                       "ddpm all trained levels; ddim and euler 50; see docs/samplers.md)")
     s.add_argument("--spacing", choices=SPACINGS, help="how the step grid is spaced: trained levels, diffusers' leading / "
@@ -152,7 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "noisiest first, or respace:ddim25 (improved-diffusion's "
                                                             "respacing; default: --spacing)")
     s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default: beta_tilde)")
-    s.add_argument("--eta", type=_finite_float, help="ddim: noise, 0 deterministic .. 1 ancestral (default: 0)")
+    s.add_argument("--eta", type=_finite_float, help="ddim: noise, 0 deterministic .. 1 ancestral (default: 0); "
+                                                    "dpmpp_2m_sde: the SDE's noise, 0 = dpmpp_2m (default: 1)")
+    s.add_argument("--order", type=_positive_int, help="unipc, deis, ipndm: the multistep order (default: unipc 2, deis 3, "
+                                                       "ipndm 4)")
+    s.add_argument("--coefficient", choices=["taylor", "reference"],
+                   help="dpmpp_3m: the D2 weight, taylor (third order) or reference (diffusers' and k-diffusion's, "
+                        "second order; default: taylor)")
+    s.add_argument("--fixed-step", dest="variable_step", action="store_false", default=None,
+                   help="ipndm: iPNDM's fixed Adams-Bashforth weights, as published (default: variable-step weights)")
+    s.add_argument("--s-churn", type=_finite_float, help="edm: stochasticity S_churn (default: 0, deterministic Heun)")
+    s.add_argument("--s-tmin", type=_finite_float, help="edm: churn only at VE levels >= S_tmin (default: 0)")
+    s.add_argument("--s-tmax", type=float, help="edm: churn only at VE levels <= S_tmax (default: inf)")
+    s.add_argument("--s-noise", type=_finite_float, help="edm: noise inflation S_noise (default: 1)")
+    s.add_argument("--snr", type=_finite_float, help="pc: the Langevin corrector's signal-to-noise ratio (default: 0.16)")
+    s.add_argument("--corrector-steps", type=int, help="pc: Langevin corrector steps per level (default: 1)")
+    s.add_argument("--method", choices=["RK45", "RK23", "DOP853"], help="ode: scipy's adaptive solver (default: RK45)")
+    s.add_argument("--rtol", type=_finite_float, help="ode: relative tolerance (default: 1e-5)")
+    s.add_argument("--atol", type=_finite_float, help="ode: absolute tolerance (default: 1e-5)")
     s.add_argument("--levels", type=_positive_int,
                    help="langevin: number of noise levels L (default: a model trained on NCSN levels: its own; "
                         "else 10, more in high dimension by NCSNv2's technique 2)")
@@ -163,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="langevin: largest noise level (default: the data's largest pairwise distance where the model "
                         "knows it, else its largest trained VE level)")
     s.add_argument("--sigma-min", type=_finite_float,
-                   help="langevin: smallest noise level (default: 0.01 on a target, a network's smallest trained level)")
+                   help="langevin: smallest noise level (default: 0.01 on a target, a network's smallest trained level); "
+                        "ode: where the integration stops before its final x0_hat step (default: the grid's smallest)")
     s.add_argument("--final-denoise", action="store_true", default=None, help="langevin: NCSNv2's final denoising step")
     s.add_argument("--label", type=int, help="sample class LABEL: exact classifier guidance on a target; with --checkpoint, "
                                              "classifier-free guidance or --classifier (default: none, unconditional)")

@@ -61,10 +61,15 @@ class BenchResult:
         return next(c for c in self.columns if c.key == self.headline)
 
 
+#: Samplers spending two evaluations per step except the last (EDM's Heun and its stochastic version).
+TWO_PER_STEP = ("heun", "edm")
+
+
 def budget_options(sampler: str, nfe: int, model) -> dict:
     """Sampler options that spend ``nfe`` model evaluations as exactly as the sampler's structure allows.
 
-    ddpm / ddim: ``steps = nfe`` (at most the model's trained levels); langevin: its default grid's number of levels
+    ddpm / ddim: ``steps = nfe`` (at most the model's trained levels); heun / edm: ``steps = (nfe + 1) // 2``; pc:
+    ``nfe // 2`` steps of one predictor and one corrector evaluation; the other solvers ``steps = nfe``; langevin: its default grid's number of levels
     (:func:`~scoregen.samplers.langevin.langevin_grid`: the model's NCSN levels, or NCSNv2's technique 2; fewer when
     ``nfe`` is smaller) with the budget spread over them exactly (:func:`~scoregen.samplers.langevin.langevin_budget`).
     """
@@ -74,7 +79,16 @@ def budget_options(sampler: str, nfe: int, model) -> dict:
         return {"steps": min(nfe, len(times)) if times is not None else nfe}
     if sampler == "langevin":
         return langevin_budget(nfe, len(langevin_grid(model, model.shape)))
-    raise ValueError(f"no NFE budget rule for sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
+    if sampler in TWO_PER_STEP:  # Heun's last step, to sigma = 0, is a single evaluation
+        return {"steps": (nfe + 1) // 2}
+    if sampler == "pc":  # one predictor and one corrector evaluation per step
+        if nfe < 2:
+            raise ValueError("pc spends 2 evaluations per step: give a budget of at least 2")
+        return {"steps": nfe // 2, "corrector_steps": 1}
+    if sampler in SAMPLERS and sampler != "ode":
+        return {"steps": nfe}
+    raise ValueError(f"no NFE budget rule for sampler {sampler!r} (ode chooses its own steps); choose from "
+                     f"{sorted(set(SAMPLERS) - {'ode'})}")
 
 
 def _options_text(options: dict) -> str:

@@ -35,12 +35,18 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .grids import SPACINGS, StepGrid, step_grid
 from .langevin import LangevinGrid, langevin, langevin_budget, langevin_grid
-from .ode import euler, heun
+from .multistep import deis, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, unipc
+from .ode import edm, euler, heun, ipndm, ode
+from .sde import euler_maruyama, pc
 
 __all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin", "langevin_grid",
-           "langevin_budget", "LangevinGrid", "euler", "heun", "step_grid", "StepGrid", "SPACINGS"]
+           "langevin_budget", "LangevinGrid", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "ipndm", "edm",
+           "euler_maruyama", "pc", "ode", "step_grid", "StepGrid", "SPACINGS"]
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim, "euler": euler, "heun": heun}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim, "euler": euler, "heun": heun,
+                                             "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "dpmpp_2m_sde": dpmpp_2m_sde,
+                                             "unipc": unipc, "deis": deis, "ipndm": ipndm, "edm": edm,
+                                             "euler_maruyama": euler_maruyama, "pc": pc, "ode": ode}
 _SHARED = {"generator", "y", "start", "callback", "progress"}
 
 

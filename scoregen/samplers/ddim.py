@@ -13,6 +13,7 @@ from .._checks import check_real
 from ..models import ScoreModel
 from ..schedules import transition
 from ._common import Start, begin, progress_bar, report
+from .exponential import first_order
 from .grids import StepGrid, step_grid
 
 
@@ -41,15 +42,18 @@ def ddim(
     eta = check_real("eta (0: deterministic DDIM, 1: DDPM-equivalent)", eta, 0.0, 1.0)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ddim", default_steps=50)
     grid, x = begin(model, z, grid, start, ve=False)
-    m, sigma = grid.m, grid.sigma
+    m, sigma, s = grid.m, grid.sigma, grid.s
     c = [eta * math.sqrt(transition(m[i], sigma[i], m[i + 1], sigma[i + 1])[2]) for i in range(len(m) - 1)]
+    # eq. 12 is the first-order exponential step in VE coordinates, y_next = a y + b x0_hat + (c / m_next) z
+    # (exponential.first_order; eta = 0: DPM-Solver++(1)). With y = x / m, x0_hat = y - s eps and a + b = 1 it is
+    # x_next = (m_next / m) x - m_next b s eps + c z: two in-place passes over x; coefficients computed once here.
+    b = [first_order(s[i], s[i + 1], c[i] / m[i + 1])[1] for i in range(len(c))]
+    coef = [(m[i + 1] / m[i], -m[i + 1] * b[i] * s[i]) for i in range(len(c))]
     noise = torch.empty_like(z)
     with progress_bar(len(c), progress, "ddim") as bar:
         for i in range(len(c)):
             eps = model.eps(x, sigma[i], m[i], y)
-            # eq. 12 with x0_hat = (x - sigma_t eps) / m_t, folded into two in-place passes over x
-            direction = math.sqrt(sigma[i + 1] ** 2 - c[i] ** 2)
-            x.mul_(m[i + 1] / m[i]).add_(eps, alpha=direction - m[i + 1] * sigma[i] / m[i])
+            x.mul_(coef[i][0]).add_(eps, alpha=coef[i][1])
             if c[i] > 0:
                 x.add_(noise.normal_(generator=generator), alpha=c[i])
             report(bar, callback, i, x, m[i + 1], sigma[i + 1], eps=eps)

@@ -10,7 +10,9 @@ Spacings (:data:`SPACINGS`), for ``steps`` steps (``steps`` noisy levels, then 0
   for ddpm / ddim; a continuous-time model: uniform in its own time).
 * ``leading`` / ``trailing`` / ``linspace``: diffusers' ``timestep_spacing`` over the T trained steps, counted from
   the clean end: leading ``k * (T // steps)``, trailing ``round(T - k * T / steps) - 1``, linspace
-  ``round(linspace(0, T - 1, steps))`` (diffusers' defaults: DDIM leading, DPM-Solver++ / UniPC linspace).
+  ``round(linspace(0, T - 1, steps))`` (diffusers' DDIMScheduler's three spacings; its default is leading. diffusers'
+  multistep schedulers' own ``linspace`` drops timestep 0 from ``steps + 1`` points: pass their timesteps with
+  ``timesteps=`` to reproduce them).
   Discrete-time models only.
 * ``karras``: EDM's ``sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho`` in VE sigma, rho = 7,
   between the model's largest and smallest trained VE levels.
@@ -119,7 +121,9 @@ def _diffusers_positions(T: int, steps: int, spacing: str) -> np.ndarray:
     if spacing == "leading":
         pos = np.arange(steps, dtype=np.int64) * (T // steps)
     elif spacing == "trailing":
-        pos = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        # [:steps]: arange's float stop lets a last value of about -6e-13 through for some steps (61, 103, ...),
+        # which diffusers keeps as timestep -1
+        pos = np.round(np.arange(T, 0, -T / steps))[:steps].astype(np.int64) - 1
     else:  # linspace
         pos = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
     return np.unique(pos)[::-1]
