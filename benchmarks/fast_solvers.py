@@ -8,7 +8,7 @@ exact sample set of the same size, averaged over seeds 0, 1, 2 (the exact set of
 the noise floor is the same statistic for exact samples.
 
 Every scoregen sampler runs at each budget with every spacing (``optimized`` is searched once per sampler and
-budget, and cached); every peer (diffusers' 8 schedulers, k-diffusion's samplers on the wrapper's grid and on the
+budget, for the deterministic samplers, and cached in ``$SCOREGEN_CACHE``); every peer (diffusers' 8 schedulers, k-diffusion's samplers on the wrapper's grid and on the
 Karras grid) runs through ``scoregen.bench.peers``. Results: a table of the best of each library per budget, and
 every run in ``--out`` (JSON).
 
@@ -34,8 +34,11 @@ from scoregen.bench.peers import peers_for
 from scoregen.bench.run import budget_options
 from scoregen.samplers import SAMPLERS, SPACINGS
 
-#: The samplers that take a step grid and a budget (``ode`` is adaptive: its NFE is reported, not chosen).
-DETERMINISTIC_ONLY_OPTIMIZED = True
+#: Stochastic samplers: ``spacing="optimized"`` fits deterministic endpoints only.
+STOCHASTIC = ("ddpm", "dpmpp_2m_sde", "euler_maruyama", "pc")
+#: Variants run beside the defaults: (label, sampler, options).
+VARIANTS = [("dpmpp_3m[reference]", "dpmpp_3m", {"coefficient": "reference"}),
+            ("ipndm[fixed]", "ipndm", {"variable_step": False})]
 
 
 def issue_target() -> sg.GaussianMixture:
@@ -50,21 +53,16 @@ def quality(samples: torch.Tensor, target: sg.GaussianMixture, seed: int) -> flo
     return sg.sliced_w2(samples.double(), exact, projections=512, seed=0)
 
 
-def scoregen_runs(target, budgets, spacings, seeds, n):
-    for name in SAMPLERS:
-        if name in ("langevin", "ode"):
-            continue
+def scoregen_runs(target, budgets, spacings, n):
+    runs = [(name, name, {}) for name in SAMPLERS if name not in ("langevin", "ode")] + VARIANTS
+    for label, name, extra in runs:
         for nfe in budgets:
-            try:
-                base = budget_options(name, nfe, target)
-            except ValueError:
-                continue
+            base = budget_options(name, nfe, target)
             for spacing in spacings:
-                if name in ("ddpm",) and spacing == "optimized":
-                    continue  # stochastic: the search fits deterministic endpoints
-                opts = {k: v for k, v in base.items() if k != "spacing"}
-                opts["spacing"] = spacing
-                yield "scoregen", f"{name} {spacing}", nfe, (lambda s, o=opts, nm=name: sg.sample(
+                if name in STOCHASTIC and spacing == "optimized":
+                    continue
+                opts = {**base, **extra, "spacing": spacing}
+                yield "scoregen", f"{label} {spacing}", nfe, (lambda s, o=opts, nm=name: sg.sample(
                     target, nm, n, seed=s, dtype=torch.float64, progress=False, **o))
 
 
@@ -96,7 +94,7 @@ def main() -> None:
     floor = statistics.mean(quality(target.sample(args.n, torch.Generator().manual_seed(2000 + s), dtype=torch.float64),
                                     target, s) for s in args.seeds)
     print(f"noise floor (exact samples): {floor:.4f}")
-    jobs = list(scoregen_runs(target, args.budgets, spacings, args.seeds, args.n))
+    jobs = list(scoregen_runs(target, args.budgets, spacings, args.n))
     if args.samplers:
         jobs = [j for j in jobs if j[1].split(" ")[0] in args.samplers]
     if not args.no_peers:

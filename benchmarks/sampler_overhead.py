@@ -43,6 +43,9 @@ CASES = [  # (label, sampler, options at batch 1, options at batch 8192)
     ("ddim eta=0", "ddim", {"steps": 1000}, {"steps": 100}),
     ("ddim eta=1", "ddim", {"steps": 1000, "eta": 1.0}, {"steps": 100, "eta": 1.0}),
     ("langevin", "langevin", {"levels": 10, "steps_per_level": 100}, {"levels": 10, "steps_per_level": 10}),
+] + [(name, name, {"steps": 200}, {"steps": 50}) for name in (  # the fast solvers (issue 10)
+    "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "deis", "ipndm", "dpmpp_2m_sde", "euler_maruyama", "pc")] + [
+    ("edm s_churn=10", "edm", {"steps": 200, "s_churn": 10.0}, {"steps": 50, "s_churn": 10.0}),
 ]
 
 
@@ -97,9 +100,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--device", default="cpu")
     p.add_argument("--baseline", help="another scoregen source tree to compare with, run alternately in this process")
+    p.add_argument("--only", nargs="+", help="only these scoregen cases (labels of the first table, e.g. dpmpp_2m heun) "
+                                             "and the peers compared with them")
     p.add_argument("--peers", action="store_true",
                    help="also time diffusers' and k-diffusion's equivalents on the same model (needs them installed)")
     args = p.parse_args()
+    if args.only:
+        CASES[:] = [c for c in CASES if c[0] in args.only]
+        PEER_CASES[:] = [c for c in PEER_CASES if c[2] in args.only]
     runs = [(sg, zero_model())]
     if args.baseline:
         baseline = load_baseline(args.baseline)
@@ -142,6 +150,16 @@ PEER_CASES = [  # (peer label, cached k-diffusion wrapper, the scoregen case it 
     ("k-diffusion:euler_ancestral", False, "ddpm"),
     ("k-diffusion:dpmpp_2m", True, "ddim eta=0"),
     ("k-diffusion:dpmpp_2m", False, "ddim eta=0"),
+    # the fast solvers (issue 10), each against its own counterparts
+    ("k-diffusion:euler", True, "euler"),
+    ("k-diffusion:heun", True, "heun"),
+    ("diffusers:Heun", True, "heun"),
+    ("k-diffusion:dpmpp_2m", True, "dpmpp_2m"),
+    ("diffusers:DPMSolverMultistep", True, "dpmpp_2m"),
+    ("diffusers:UniPC", True, "unipc"),
+    ("k-diffusion:lms", True, "ipndm"),
+    ("diffusers:LMS", True, "ipndm"),
+    ("k-diffusion:dpmpp_2m_sde", True, "dpmpp_2m_sde"),
 ]
 STOCK_8192 = (20, 5)  # the stock k-diffusion wrapper at batch 8192: steps, most repeats
 

@@ -6,7 +6,7 @@ from .metrics import (class_report, component_frechet, frechet_distance, mmd_to_
                       sliced_w2_noise_floor, sliced_w2_to_mixture)
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
 from .pretrained import pretrained_names
-from .samplers import SAMPLERS, SampleResult, sample
+from .samplers import SAMPLERS, SPACINGS, SampleResult, StepGrid, load_grid, sample, save_grid, step_grid, tune_grid
 from .schedules import ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
 from .targets import GaussianMixture, load_target
 
@@ -31,6 +31,12 @@ __all__ = [
     "sample",
     "SampleResult",
     "SAMPLERS",
+    "SPACINGS",
+    "StepGrid",
+    "step_grid",
+    "tune_grid",
+    "save_grid",
+    "load_grid",
     "sliced_w2",
     "sliced_w2_noise_floor",
     "sliced_w2_to_mixture",

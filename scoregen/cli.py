@@ -18,6 +18,8 @@ from .samplers import SAMPLERS, SPACINGS, sampler_options
 # Which flags belong to which sampler, read off the samplers' own options: a flag given to a sampler
 # that ignores it is an error, not a no-op.
 SAMPLER_FLAGS = {name: sampler_options(name) for name in SAMPLERS}
+#: The samplers a grid can be fitted to (`scoregen tune-grid`): the deterministic ones with a step grid.
+DETERMINISTIC_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "deis", "ipndm")
 
 #: What `scoregen bench` with no --model benchmarks: an exact target and the built-in DDPM digits network.
 DEFAULT_BENCH_MODELS = ("ring2d", "digits-ddpm")
@@ -55,12 +57,9 @@ _finite_float = _number(float, "a finite number", math.isfinite)
 def _sigmas_arg(value: str):
     """--sigmas: comma-separated VE sigmas, noisiest first, or a grid JSON file (``scoregen tune-grid --out``)."""
     if value.endswith(".json"):
-        from .samplers.tune import load_grid
-
-        try:
-            return load_grid(value)
-        except (OSError, ValueError) as e:
-            raise argparse.ArgumentTypeError(f"cannot read the grid file {value!r}: {e}") from None
+        if not os.path.isfile(value):
+            raise argparse.ArgumentTypeError(f"no grid file {value!r} (write one with `scoregen tune-grid --out FILE.json`)")
+        return value  # read against the model (its coordinates) once the model is known
     try:
         out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
@@ -277,7 +276,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--csv", help="also write every row to this CSV file (default: none)")
     b.add_argument("--plot", help="also save the quality-against-NFE plot to this PNG (default: none)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    for command in (s, t, pr, pb, b):  # errors found after parsing name the subcommand: "scoregen sample: error: ..."
+    tg = sub.add_parser("tune-grid", formatter_class=HELP_FORMATTER,
+                        help="fit a step grid to one model, sampler and number of steps, and write it to JSON",
+                        description="Search the step grid (the noise levels a deterministic sampler visits) that brings "
+                                    "the sampler's endpoints closest to a high-accuracy solve from the same initial noise, "
+                                    "training-free, for this model, sampler and number of steps; `scoregen sample --sigmas "
+                                    "FILE.json` reads it. spacing='optimized' runs the same search and caches it.")
+    tsrc = tg.add_mutually_exclusive_group()
+    tsrc.add_argument("--target", type=_target_arg, help="an exact target: ring2d, gmm64 or a mixture PATH.json "
+                                                         "(default: ring2d, unless --checkpoint is given)")
+    tsrc.add_argument("--checkpoint", help="a checkpoint folder or a built-in model's name, e.g. digits-ddpm "
+                                            "(default: none, --target)")
+    tg.add_argument("--sampler", required=True, choices=sorted(DETERMINISTIC_SAMPLERS), help="the sampler the grid is for")
+    tg.add_argument("--steps", type=_positive_int, required=True, help="the number of steps of the grid")
+    tg.add_argument("--out", required=True, help="output file FILE.json (for --sigmas FILE.json)")
+    tg.add_argument("--no-clip", action="store_true", help="image models: fit without clipping x0_hat to the data range "
+                                                           "(sampling clips by default, so the fit does too)")
+    tg.add_argument("-n", type=_positive_int, help="initial noises the grid is fitted on (as many again check it; "
+                                                   "default: 128 on a target, 64 on a network)")
+    tg.add_argument("--seed", type=_seed, default=0, help="seed of the fitting and checking noises")
+    tg.add_argument("--max-evals", type=_positive_int, help="the most sampler runs the search makes "
+                                                           "(default: 60 + 25 (steps - 1), at most 600)")
+    tg.add_argument("--time-limit", type=_finite_float, help="stop the search after this many seconds and keep the best "
+                                                             "grid so far (default: none; the result then depends on the "
+                                                             "machine's speed)")
+    tg.add_argument("--no-progress", action="store_true",
+                    help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
+
+    for command in (s, t, pr, pb, b, tg):  # errors found after parsing name the subcommand: "scoregen sample: error: ..."
         command.set_defaults(_parser=command)
     return p
 
@@ -308,6 +334,14 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.grid and len(model.shape) != 3:
         parser.error(f"--grid needs an image model (samples of shape (C, H, W)); this one samples shape {tuple(model.shape)}")
     options = {k: getattr(args, k) for k in given}
+    shown = dict(options)  # as given: a grid file by its name
+    if isinstance(options.get("sigmas"), str):  # a grid file from `scoregen tune-grid`
+        from .samplers.tune import load_grid
+
+        try:
+            options["sigmas"] = load_grid(options["sigmas"], model)
+        except (OSError, ValueError) as e:
+            parser.error(f"--sigmas: cannot read the grid file {options['sigmas']!r}: {e}")
     result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook, batch_size=args.batch_size,
                     progress=False if args.no_progress else None, **options)
     arr = result.samples.to(torch.float32).cpu().numpy()
@@ -315,7 +349,7 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         np.save(f, arr)
     if args.grid:
         save_image_grid(result.samples, args.grid, value_range)
-    opts = " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "defaults"
+    opts = " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "defaults"
     shape = " x ".join(map(str, arr.shape))
     print(f"{args.sampler} ({opts}) on {name}: wrote {shape} samples to {args.out}" + (f" and {args.grid}" if args.grid else ""))
     batches = f"  in batches of {result.batch_size}" if result.batch_size and result.batch_size < args.n else ""
@@ -328,6 +362,34 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             grid = langevin_grid(model, model.shape, args.levels, args.sigma_max, args.sigma_min, spacing=args.spacing,
                                  sigmas=args.sigmas, timesteps=args.timesteps)
         print(f"langevin grid: {grid.describe()}")
+    return 0
+
+
+def _cmd_tune_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .models import X0Hook
+    from .samplers.tune import save_grid, tune_grid
+
+    _check_output(parser, "--out", args.out, ".json")
+    if args.time_limit is not None and not args.time_limit > 0:
+        parser.error(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
+    if args.checkpoint is None and args.no_clip:
+        parser.error("--no-clip applies to --checkpoint models")
+    args.label = args.classifier = args.guidance_scale = None  # unguided: a grid is fitted to the model itself
+    model, x0_hook, _, name = _sampling_model(args, parser)
+    if x0_hook is not None:
+        model = X0Hook(model, x0_hook)
+    grid = tune_grid(model, args.sampler, args.steps, n=args.n, seed=args.seed, max_evals=args.max_evals,
+                     time_limit=args.time_limit, progress=False if args.no_progress else None)
+    save_grid(grid, args.out)
+    info = grid.info
+    print(f"{args.sampler}, {args.steps} steps on {name}: wrote {args.out}")
+    print("VE sigmas: " + ", ".join(f"{v:.4g}" for v in grid.s))
+    validation = info.get("validation")
+    if isinstance(validation, dict):
+        print("endpoint error on fresh noise (RMSE against the reference solve): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in validation.items() if isinstance(v, (int, float))))
+    print(f"search: {info.get('runs', '?')} sampler runs, {info.get('nfe', '?')} model calls, "
+          f"{info.get('wall_time', float('nan')):.1f} s")
     return 0
 
 
@@ -568,7 +630,8 @@ def _describe(e: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained, "bench": _cmd_bench}[args.command]
+    command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained, "bench": _cmd_bench,
+               "tune-grid": _cmd_tune_grid}[args.command]
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"scoregen {args.command}: warning: {message}", file=sys.stderr)

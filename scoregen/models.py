@@ -242,7 +242,11 @@ class ScoreModel:
     def x0(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         """``(x - sigma eps) / m``; m must be > 0."""
         _require_positive("m", m, "to estimate x0 = (x - sigma * eps) / m")
-        return (x - _col(sigma, x) * self.eps(x, sigma, m, y)) / _col(m, x)
+        eps = self.eps(x, sigma, m, y)
+        if not isinstance(sigma, Tensor) and not isinstance(m, Tensor):  # one pass (two with m != 1): samplers' fast path
+            out = torch.add(x, eps, alpha=-sigma)
+            return out if m == 1 else out.div_(m)
+        return (x - _col(sigma, x) * eps) / _col(m, x)
 
     def eval_bytes_per_sample(self, dtype: torch.dtype) -> int:
         """Memory one evaluation holds per sample beyond its input, its result and its networks' activations, in

@@ -88,7 +88,8 @@ def _missing(block: str) -> list[str]:
 
 def _run(source: str, folder: pathlib.Path) -> subprocess.CompletedProcess:
     (folder / "block.py").write_text(source)  # a file, so that a traceback quotes the failing line
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(folder), "MPLBACKEND": "Agg"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(folder), "MPLBACKEND": "Agg",
+           "SCOREGEN_CACHE": str(folder / "cache")}  # optimised grids: searched afresh, never in ~/.cache
     return subprocess.run([sys.executable, "block.py"], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=HANG_LIMIT_S)
 

@@ -414,3 +414,22 @@ def test_solvers_run_in_float32_from_a_given_start_level(fn):
         assert result.nfe == nfe
     # from level 1.0 the samples stay near the data they started from (TRI's modes are >= 4.7 apart)
     assert (result.samples - x_start).norm(dim=1).median() < 1.5
+
+
+def test_pc_corrector_does_not_move_where_the_score_is_zero():
+    """score-SDE's step size 2 (snr ||z|| / ||score||)^2 is infinite for a zero score: the corrector then stays put
+    (a NaN would otherwise end the run), so with a model whose eps is zero only the predictor's noise moves x:
+    replaying the generator (two corrector draws, then one predictor draw per level) gives the result exactly."""
+    zero = sg.NetworkScoreModel(lambda x, t: torch.zeros_like(x), sg.DiscreteVP.linear(), shape=(3,))
+    z = noise(16, 302, d=3)
+    out = pc(zero, z.clone(), steps=6, corrector_steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+    s = step_grid(zero, 6, "logsnr").s
+    g = torch.Generator().manual_seed(0)
+    x = z * math.sqrt(1 + s[0] ** 2)
+    for i in range(6):
+        for _ in range(2):
+            torch.randn(z.shape, generator=g, dtype=z.dtype)  # the corrector's draws, unused
+        p = torch.randn(z.shape, generator=g, dtype=z.dtype)
+        if s[i + 1] > 0:
+            x = x + math.sqrt(s[i] ** 2 - s[i + 1] ** 2) * p
+    torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)

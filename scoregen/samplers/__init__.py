@@ -38,10 +38,11 @@ from .langevin import LangevinGrid, langevin, langevin_budget, langevin_grid
 from .multistep import deis, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, unipc
 from .ode import edm, euler, heun, ipndm, ode
 from .sde import euler_maruyama, pc
+from .tune import TunedGrid, load_grid, optimized_grid, save_grid, tune_grid
 
 __all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin", "langevin_grid",
            "langevin_budget", "LangevinGrid", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "ipndm", "edm",
-           "euler_maruyama", "pc", "ode", "step_grid", "StepGrid", "SPACINGS"]
+           "euler_maruyama", "pc", "ode", "step_grid", "tune_grid", "optimized_grid", "save_grid", "load_grid", "TunedGrid", "StepGrid", "SPACINGS"]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim, "euler": euler, "heun": heun,
                                              "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "dpmpp_2m_sde": dpmpp_2m_sde,

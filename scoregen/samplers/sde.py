@@ -102,6 +102,7 @@ def pc(
     Options: ``snr`` (float > 0, default 0.16: score-SDE's VE CIFAR-10 setting), ``corrector_steps`` (int >= 0,
     default 1; 0 leaves the predictor alone: ancestral sampling on the grid). Default grid: 1000 steps, ``logsnr``
     (geometric in s: score-SDE's VE grid, N = 1000). NFE = steps * (1 + corrector_steps), score-SDE's count.
+    Where the batch's score is exactly zero the corrector's step is undefined (infinite) and it does not move.
     """
     snr = check_real("snr", snr, 0.0, lo_open=True)
     corrector_steps = check_int("corrector_steps", corrector_steps, 0)
@@ -118,8 +119,11 @@ def pc(
             for _ in range(corrector_steps):  # corrector: Langevin at s_i
                 score = model.score(x, s[i], 1.0, y)
                 noise.normal_(generator=generator)
-                ratio = noise.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean()
-                a = (2.0 * snr * snr) * ratio.square()  # a 0-d tensor: no host sync on an accelerator
+                score_norm = score.flatten(1).norm(dim=1).mean()
+                ratio = noise.flatten(1).norm(dim=1).mean() / score_norm
+                # a 0-d tensor: no host sync on an accelerator. A zero score (a stationary point of the whole batch)
+                # leaves the step undefined (infinite): the corrector then does not move
+                a = torch.where(score_norm > 0, (2.0 * snr * snr) * ratio.square(), 0.0)
                 x.add_(score * a).add_(noise.mul_(a.mul_(2.0).sqrt_()))
             score = model.score(x, s[i], 1.0, y)  # predictor: reverse diffusion from s_i to s_{i+1}
             x.add_(score, alpha=var[i])
