@@ -37,8 +37,8 @@ from scoregen.samplers import SAMPLERS, SPACINGS
 #: Stochastic samplers: ``spacing="optimized"`` fits deterministic endpoints only.
 STOCHASTIC = ("ddpm", "dpmpp_2m_sde", "euler_maruyama", "pc")
 #: Variants run beside the defaults: (label, sampler, options).
-VARIANTS = [("dpmpp_3m[reference]", "dpmpp_3m", {"coefficient": "reference"}),
-            ("ipndm[fixed]", "ipndm", {"variable_step": False})]
+VARIANTS = [("dpmpp_3m[taylor]", "dpmpp_3m", {"coefficient": "taylor"}),
+            ("ipndm[variable]", "ipndm", {"variable_step": True})]
 
 
 def issue_target() -> sg.GaussianMixture:

@@ -117,6 +117,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 HELP_FORMATTER = HelpFormatter
 
 
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    """--target or --checkpoint: the model `scoregen sample` and `scoregen tune-grid` work on."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--target", type=_target_arg, help="an exact target: ring2d, gmm64 or a mixture PATH.json "
+                                                        "(default: ring2d, unless --checkpoint is given)")
+    src.add_argument("--checkpoint", help="a trained model instead of a target: a checkpoint folder written by "
+                                           "`scoregen train`, or a built-in model's name (`scoregen pretrained list`), "
+                                           "e.g. digits-ddpm (default: none, --target)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scoregen", description="Train, sample and benchmark score-based / diffusion models.",
                                 formatter_class=HELP_FORMATTER)
@@ -127,13 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw samples with one sampler. Sampler options left out take the papers' defaults: "
                                    "ddpm all trained levels, variance beta_tilde; ddim 50 steps, eta 0; langevin NCSN's "
                                    "recipe: sigma from the data's largest distance down to 0.01, L=10 levels (more in high "
-                                   "dimension, NCSNv2 technique 2), T=100, step_lr 0.2 sigma_min^2 (2e-5).")
-    src = s.add_mutually_exclusive_group()
-    src.add_argument("--target", type=_target_arg, help="an exact target to sample: ring2d, gmm64 or a mixture PATH.json "
-                                                        "(default: ring2d, unless --checkpoint is given)")
-    src.add_argument("--checkpoint", help="a trained model to sample instead of a target: a checkpoint folder written by "
-                                           "`scoregen train`, or a built-in model's name (`scoregen pretrained list`), "
-                                           "e.g. digits-ddpm (default: none, sample --target)")
+                                   "dimension, NCSNv2 technique 2), T=100, step_lr 0.2 sigma_min^2 (2e-5); the ODE/SDE "
+                                   "solvers their papers' (docs/samplers.md lists every default).")
+    _add_model_source(s)
     s.add_argument("--classifier", help="with --checkpoint and --label: a classifier checkpoint for classifier guidance "
                                         "(default: none; a class-conditional model then uses classifier-free guidance)")
     s.add_argument("--grid", help="also save the samples as an image grid to this PNG, for image models (default: no grid)")
@@ -157,11 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "dpmpp_2m_sde: the SDE's noise, 0 = dpmpp_2m (default: 1)")
     s.add_argument("--order", type=_positive_int, help="unipc, deis, ipndm: the multistep order (default: unipc 2, deis 3, "
                                                        "ipndm 4)")
-    s.add_argument("--coefficient", choices=["taylor", "reference"],
-                   help="dpmpp_3m: the D2 weight, taylor (third order) or reference (diffusers' and k-diffusion's, "
-                        "second order; default: taylor)")
-    s.add_argument("--fixed-step", dest="variable_step", action="store_false", default=None,
-                   help="ipndm: iPNDM's fixed Adams-Bashforth weights, as published (default: variable-step weights)")
+    s.add_argument("--coefficient", choices=["reference", "taylor"],
+                   help="dpmpp_3m: the D2 weight, reference (diffusers' and k-diffusion's, second order) or taylor "
+                        "(third order; default: reference)")
+    s.add_argument("--variable-step", action="store_true", default=None,
+                   help="ipndm: Adams-Bashforth weights of the grid's actual steps, fourth order on any grid "
+                        "(default: iPNDM's published fixed weights)")
     s.add_argument("--s-churn", type=_finite_float, help="edm: stochasticity S_churn (default: 0, deterministic Heun)")
     s.add_argument("--s-tmin", type=_finite_float, help="edm: churn only at VE levels >= S_tmin (default: 0)")
     s.add_argument("--s-tmax", type=float, help="edm: churn only at VE levels <= S_tmax (default: inf)")
@@ -251,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reference", help="for a network whose checkpoint does not record its training data (a diffusers "
                                        "folder): the data to score against, digits or a target name (default: read "
                                        "off the checkpoint)")
-    b.add_argument("--samplers", default="ddpm,ddim,langevin", help="comma-separated scoregen samplers")
+    b.add_argument("--samplers", default="ddpm,ddim,langevin,dpmpp_2m,deis",
+                   help="comma-separated scoregen samplers (any of: " + ", ".join(SAMPLER_FLAGS) + ")")
     b.add_argument("--budgets", help="comma-separated NFE budgets (default: 10,20,50,100 on exact targets, 10,20,50 "
                                      "on digits)")
     b.add_argument("-n", type=_positive_int, help="samples per run (default: 10000 on exact targets, 500 on digits)")
@@ -282,11 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the sampler's endpoints closest to a high-accuracy solve from the same initial noise, "
                                     "training-free, for this model, sampler and number of steps; `scoregen sample --sigmas "
                                     "FILE.json` reads it. spacing='optimized' runs the same search and caches it.")
-    tsrc = tg.add_mutually_exclusive_group()
-    tsrc.add_argument("--target", type=_target_arg, help="an exact target: ring2d, gmm64 or a mixture PATH.json "
-                                                         "(default: ring2d, unless --checkpoint is given)")
-    tsrc.add_argument("--checkpoint", help="a checkpoint folder or a built-in model's name, e.g. digits-ddpm "
-                                            "(default: none, --target)")
+    _add_model_source(tg)
     tg.add_argument("--sampler", required=True, choices=sorted(DETERMINISTIC_SAMPLERS), help="the sampler the grid is for")
     tg.add_argument("--steps", type=_positive_int, required=True, help="the number of steps of the grid")
     tg.add_argument("--out", required=True, help="output file FILE.json (for --sigmas FILE.json)")
@@ -558,6 +562,9 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown or not samplers:
         parser.error(f"--samplers: unknown {unknown}; choose from {sorted(SAMPLERS)}")
+    if "ode" in samplers:
+        parser.error("--samplers: ode is adaptive (it chooses its own steps), so it has no NFE budget to rank it at; "
+                     "time it with `scoregen sample --sampler ode`")
     budgets = _csv_list(parser, "--budgets", args.budgets, int, "positive integers")
     if budgets is not None and min(budgets) < 1:
         parser.error(f"--budgets must be positive integers, got {args.budgets!r}")

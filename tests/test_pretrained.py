@@ -118,7 +118,7 @@ FAST = {"ddpm": {"steps": 10}, "ddim": {"steps": 10}, "langevin": {"levels": 5, 
 
 
 @pytest.mark.parametrize("name", ["digits-ddpm", "digits-ncsn"])
-@pytest.mark.parametrize("sampler", sorted(sg.SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(FAST))  # the fast solvers on every family: tests/test_solver_families.py
 @pytest.mark.parametrize("guided", [False, True])
 def test_both_families_run_under_every_sampler(name, sampler, guided, classifier):
     net, _ = sg.load_checkpoint(name)

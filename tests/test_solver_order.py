@@ -27,7 +27,7 @@ DEIS order 3: 3.91, diffusers' UniPC order 2 (bh2, with its corrector): 3.02. Th
 for orders 1 and 2 it must also stay below order + 0.35 (nothing superconverges there).
 
 What the expected orders below encode, beyond the textbook ones:
-* dpmpp_3m with coefficient="reference": 2 (the default, the Taylor coefficient, is third order). DPM-Solver++(3M) as published in the reference code (diffusers'
+* dpmpp_3m: 2 (with coefficient="taylor": 3). DPM-Solver++(3M) as published in the reference code (diffusers'
   ``multistep_dpm_solver_third_order_update``, k-diffusion's ``sample_dpmpp_3m_sde`` at eta = 0, Lu et al.'s
   dpm_solver_pytorch.py) carries ``phi_3 = (e^{-h} - 1 + h) / h^2 - 1/2`` on ``D2 = (D1_0 - D1_1) / (r0 + r1)``
   (about h^2 x0''/2) where the Taylor expansion of the exact integral needs twice that: exact for x0 linear in
@@ -35,7 +35,7 @@ What the expected orders below encode, beyond the textbook ones:
   (with coefficient="reference", see scoregen.samplers.exponential.dpmpp_3m); with the factor
   2 the same harness measures 3.97. Either is ~3x more accurate than dpmpp_2m at every N here
   (test_dpmpp_3m_is_more_accurate_than_dpmpp_2m).
-* ipndm with variable_step=False: 2 (the default, variable-step weights, is fourth order). iPNDM's fixed Adams-Bashforth weights (55, -59, 37, -9)/24 assume equal steps in s; on a geometric or
+* ipndm: 2 (with variable_step=True: 4). iPNDM's fixed Adams-Bashforth weights (55, -59, 37, -9)/24 assume equal steps in s; on a geometric or
   Karras grid the step-size variation leaves a second-order error term (the first-order one cancels because the
   weights satisfy the order conditions). Measured: k-diffusion-style iPNDM 2.05-2.2, scoregen's 2.05; a variable-
   step Adams-Bashforth-4 (k-diffusion's sample_lms, order 4) measures 3.71. Even on a grid uniform in s, the
@@ -72,13 +72,13 @@ SOLVERS = {
     "euler": (1, {}),
     "heun": (2, {}),
     "dpmpp_2m": (2, {}),
-    "dpmpp_3m": (3, {}),  # the Taylor coefficient on D2 (the default)
-    "dpmpp_3m-reference": (2, {"coefficient": "reference"}),  # the references' phi_3 coefficient (module docstring)
+    "dpmpp_3m": (2, {}),  # the references' phi_3 coefficient, the default (module docstring)
+    "dpmpp_3m-taylor": (3, {"coefficient": "taylor"}),  # the Taylor coefficient on D2
     "unipc": (3, {"order": 3}),
     "unipc-2": (3, {"order": 2}),  # UniP-2 + UniC: p + 1
     "deis": (3, {}),
-    "ipndm": (4, {}),  # variable-step Adams-Bashforth weights (the default)
-    "ipndm-fixed": (2, {"variable_step": False}),  # fixed AB4 weights on a non-uniform grid (module docstring)
+    "ipndm": (2, {}),  # the published fixed AB4 weights (the default) on a non-uniform grid (module docstring)
+    "ipndm-variable": (4, {"variable_step": True}),  # variable-step Adams-Bashforth weights
     "edm": (2, {}),  # EDM's Algorithm 2 with its defaults (no churn): Heun
 }
 BELOW, ABOVE = 0.4, 0.35  # slope >= order - BELOW; and, for orders 1 and 2, slope <= order + ABOVE

@@ -175,7 +175,7 @@ def test_ipndm_matches_the_reference_step_for_step(order):
 
 @pytest.mark.parametrize("order", [2, 3, 4])
 def test_variable_step_ipndm_matches_kdiffusion_lms_step_for_step(order):
-    """The default (variable-step Adams-Bashforth weights) is k-diffusion's ``sample_lms``, whose weights integrate the
+    """variable_step=True (the Adams-Bashforth weights of the actual steps) is k-diffusion's ``sample_lms``, whose weights integrate the
     same Lagrange polynomials with scipy's quad (exact for polynomials): every state agrees in float64."""
     from scoregen.bench.peers import load_kdiffusion
 
@@ -183,7 +183,8 @@ def test_variable_step_ipndm_matches_kdiffusion_lms_step_for_step(order):
     grid = step_grid(TRI, steps, "karras")
     z = noise(301, 5)
     seen = []
-    ipndm(TRI, z, steps=steps, order=order, progress=False, callback=lambda info: seen.append(info["x"].clone()))
+    ipndm(TRI, z, steps=steps, order=order, variable_step=True, progress=False,
+          callback=lambda info: seen.append(info["x"].clone()))
     states = []
     ref_final = load_kdiffusion().sampling.sample_lms(
         denoiser(TRI), prior_ve(TRI, z, grid), torch.tensor(grid.s, dtype=torch.float64), disable=True, order=order,
@@ -209,9 +210,10 @@ def test_ipndm_order_1_is_euler_and_higher_orders_are_more_accurate():
     errors = [(ipndm(GAUSS, z, steps=25, order=k, variable_step=False, progress=False) - exact).abs().max().item()
               for k in (1, 2, 3, 4)]
     assert max(errors[1:]) < errors[0] / 5, errors
-    # the default (variable-step weights, no Euler landing) against the exact solution at 0: each order better
+    # variable-step weights (no Euler landing) against the exact solution at 0: each order better
     exact0 = mu + C / math.sqrt(C**2 + s0**2) * (x0 - mu)
-    errors = [(ipndm(GAUSS, z, steps=25, order=k, progress=False) - exact0).abs().max().item() for k in (1, 2, 3, 4)]
+    errors = [(ipndm(GAUSS, z, steps=25, order=k, variable_step=True, progress=False) - exact0).abs().max().item()
+              for k in (1, 2, 3, 4)]
     assert all(b < a for a, b in zip(errors, errors[1:])) and errors[3] < errors[0] / 5, errors
     assert sg.sample(GAUSS, ipndm, 10, seed=0, steps=7, **F64).nfe == 7
     with pytest.raises(ValueError, match="order"):

@@ -169,7 +169,7 @@ def ipndm(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     order: int = 4,
-    variable_step: bool = True,
+    variable_step: bool = False,
     generator: Optional[torch.Generator] = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
@@ -180,12 +180,13 @@ def ipndm(
     ``dx/ds = eps(x, s)``, ``x <- x + sum_j w_j eps(x_{i-j}, s_{i-j})`` of order k = min(order, i + 1) (lower orders
     warm up the first steps, which have fewer past evaluations), one new evaluation per step.
 
-    ``variable_step`` (default True): the Adams-Bashforth weights of the grid's actual steps
-    (:func:`~scoregen.samplers.exponential.adams_bashforth`, k-diffusion's ``sample_lms`` in closed form), fourth
-    order on any grid; the last step, onto s = 0, also integrates the polynomial (eps is smooth in s down to 0).
-    False: iPNDM's fixed weights (55, -59, 37, -9)/24 h as published (``sample_ipndm`` in zju-pi/diff-sampler), exact
-    for equal steps in s only (on karras or logsnr grids it is second order), with an Euler last step onto s = 0
-    that lands on x0_hat of the cleanest level.
+    ``variable_step`` False (default): iPNDM's fixed weights (55, -59, 37, -9)/24 h as published (``sample_ipndm`` in
+    zju-pi/diff-sampler), exact for equal steps in s only (on karras or logsnr grids it is second order), with an
+    Euler last step onto s = 0 that lands on x0_hat of the cleanest level. True: the Adams-Bashforth weights of the
+    grid's actual steps (:func:`~scoregen.samplers.exponential.adams_bashforth`, k-diffusion's ``sample_lms`` in
+    closed form), fourth order on any grid; the last step, onto s = 0, also integrates the polynomial (eps is smooth
+    in s down to 0). The published weights are the more accurate at few steps (gmm64, sliced W2 at 5 / 10 NFE on the
+    logsnr grid: 0.031 / 0.014 against 0.11 / 0.031), the variable ones from about 20.
     ``order``: int in 1..4, default 4 (1 is :func:`euler`). Default grid: 20 steps, ``karras``. NFE = steps.
     """
     order = check_int("order", order, 1, len(_AB))
