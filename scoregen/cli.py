@@ -294,8 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--sampler", required=True, choices=sorted(DETERMINISTIC_SAMPLERS), help="the sampler the grid is for")
     tg.add_argument("--steps", type=_positive_int, required=True, help="the number of steps of the grid")
     tg.add_argument("--out", required=True, help="output file FILE.json (for --sigmas FILE.json)")
-    tg.add_argument("--no-clip", action="store_true", help="image models: fit without clipping x0_hat to the data range "
-                                                           "(sampling clips by default, so the fit does too)")
     tg.add_argument("-n", type=_positive_int, help="initial noises the grid is fitted on (as many again check it; "
                                                    "default: 128 on a target, 64 on a network)")
     tg.add_argument("--seed", type=_seed, default=0, help="seed of the fitting and checking noises")
@@ -364,24 +362,21 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         with warnings.catch_warnings():  # the run itself already warned about a coarse grid
             warnings.simplefilter("ignore")
             grid = langevin_grid(model, model.shape, args.levels, args.sigma_max, args.sigma_min, spacing=args.spacing,
-                                 sigmas=args.sigmas, timesteps=args.timesteps)
+                                 sigmas=options.get("sigmas"), timesteps=args.timesteps)
         print(f"langevin grid: {grid.describe()}")
     return 0
 
 
 def _cmd_tune_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import X0Hook
     from .samplers.tune import save_grid, tune_grid
 
     _check_output(parser, "--out", args.out, ".json")
     if args.time_limit is not None and not args.time_limit > 0:
         parser.error(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
-    if args.checkpoint is None and args.no_clip:
-        parser.error("--no-clip applies to --checkpoint models")
-    args.label = args.classifier = args.guidance_scale = None  # unguided: a grid is fitted to the model itself
-    model, x0_hook, _, name = _sampling_model(args, parser)
-    if x0_hook is not None:
-        model = X0Hook(model, x0_hook)
+    # the model itself: no guidance, no clipping (spacing="optimized" fits the same way)
+    args.label = args.classifier = args.guidance_scale = None
+    args.no_clip = True
+    model, _, _, name = _sampling_model(args, parser)
     grid = tune_grid(model, args.sampler, args.steps, n=args.n, seed=args.seed, max_evals=args.max_evals,
                      time_limit=args.time_limit, progress=False if args.no_progress else None)
     save_grid(grid, args.out)

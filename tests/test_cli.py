@@ -79,16 +79,17 @@ def test_bench_prints_a_ranked_row_per_sampler_and_budget_and_writes_the_report(
     assert main(["bench", "--model", "ring2d", "--budgets", "10,20", "-n", "300", "--csv", str(csv), "--out", str(out_dir),
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for name in ("exact", "floor", "ddpm", "ddim", "langevin", "MMD^2", "comp. FD", "sliced W2", "mode TV"):
+    for name in ("exact", "floor", "ddpm", "ddim", "langevin", "dpmpp_2m", "deis", "MMD^2", "comp. FD", "sliced W2",
+                 "mode TV"):
         assert name in out
     lines = csv.read_text().strip().splitlines()
-    assert len(lines) == 1 + 1 + 3 * 2  # header, exact, 3 samplers x 2 budgets
+    assert len(lines) == 1 + 1 + 5 * 2  # header, exact, 5 samplers x 2 budgets
     assert lines[0].startswith("model,source,sampler,options,budget,nfe,")
     assert sorted(p.name for p in out_dir.iterdir()) == ["quality_vs_nfe.png", "quality_vs_time.png", "results.json",
                                                          "results.md"]
     report = json.loads((out_dir / "results.json").read_text())
     rows = report["results"][0]["rows"]
-    assert [r["nfe"] for r in rows] == [0, 10, 20, 10, 20, 10, 20]  # every sampler spends its budget exactly
+    assert [r["nfe"] for r in rows] == [0] + [10, 20] * 5  # every sampler spends its budget exactly
     assert report["versions"]["torch"] and report["machine"]
 
 

@@ -128,7 +128,8 @@ def sample(
             With ``start_level`` (a VE noise level sigma / m; SDEdit, img2img), ``x_start`` is clean data: it is
             noised to that level with the run's initial noise (``m x_start + sigma z``) and the sampler solves down
             from there on the part of its grid below that level, the level itself first. Without it, ``x_start`` is
-            the state at the grid's first level, in the model's coordinates (NCSN's uniform start).
+            the state at the grid's first level, in the model's coordinates (NCSN's uniform start); langevin, whose
+            levels are VE (m = 1), reads it in VE coordinates.
         options: the sampler's own options, e.g. ``steps``, ``spacing``, ``variance``, ``eta``, ``levels``.
 
     Samples depend on the seed, n and the batch size: n = 100 and two runs of n = 50 with the same seed give
@@ -210,6 +211,8 @@ def sample(
             out = torch.empty((n, *model.shape), dtype=dtype, device=device) if out is None else out
             out[start:start + b] = x
     options.pop("start", None)
+    if x_start is not None:  # recorded: a run from a given state is not a run from the prior
+        options.update(x_start=f"tensor of shape {tuple(x_start.shape)}", start_level=start_level)
     return SampleResult(out, nfe, wall, name, seed, dict(options), batch)
 
 

@@ -40,7 +40,9 @@ def ddim(
     sampling with variance beta_tilde; eta = 0 is the deterministic probability-flow discretisation.
     """
     eta = check_real("eta (0: deterministic DDIM, 1: DDPM-equivalent)", eta, 0.0, 1.0)
-    grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ddim", default_steps=50)
+    grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ddim",
+                     solver_options={"eta": eta},
+                     default_steps=50)
     grid, x = begin(model, z, grid, start, ve=False)
     m, sigma, s = grid.m, grid.sigma, grid.s
     c = [eta * math.sqrt(transition(m[i], sigma[i], m[i + 1], sigma[i + 1])[2]) for i in range(len(m) - 1)]

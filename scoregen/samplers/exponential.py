@@ -101,8 +101,8 @@ def dpmpp_2m(b: float, r: float) -> tuple[float, float]:
     return b * (1.0 + 0.5 / r), -b * 0.5 / r
 
 
-def dpmpp_3m(lam_2: float, lam_1: float, lam_0: float, lam_next: float,
-             taylor: bool = True) -> tuple[float, tuple[float, float, float]]:
+def dpmpp_3m(lam_2: float, lam_1: float, lam_0: float, lam_next: float, *,
+             taylor: bool) -> tuple[float, tuple[float, float, float]]:
     """Third-order multistep DPM-Solver++ (data prediction), weights on (x0_hat_i, x0_hat_{i-1}, x0_hat_{i-2}).
 
     As the reference implementations (Lu et al.'s dpm_solver_pytorch.py, diffusers' DPMSolverMultistepScheduler with
@@ -215,12 +215,6 @@ class History:
 
     def push(self, out: Tensor) -> None:
         self._items.appendleft(out)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, j: int) -> Tensor:
-        return self._items[j]
 
     def apply(self, x: Tensor, a: float, weights: Sequence[float]) -> Tensor:
         """``x <- a x + sum_j weights[j] out[j]`` in place (out[0] the newest); a = 0 drops x (the landing step)."""

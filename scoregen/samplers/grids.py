@@ -74,27 +74,33 @@ class StepGrid:
         return [sg / mm for mm, sg in zip(self.m, self.sigma)]
 
     def starting_at(self, level: float) -> "StepGrid":
-        """The grid from VE level ``level`` down: ``level`` itself, then the grid's levels below it (SDEdit)."""
-        level = check_real("start_level (a VE noise level sigma / m)", level, 0.0, lo_open=True)
-        keep = [i for i, s in enumerate(self.s) if s < level]
+        """The grid from VE level ``level`` down: ``level`` itself, then the grid's levels below it (SDEdit).
+
+        A grid level closer to ``level`` than a quarter of its own step below (in log sigma) is dropped: the start
+        replaces it. A first step much shorter than the next would make the multistep solvers' step ratios blow up
+        (their divided differences divide by it); a quarter keeps the ratio of consecutive steps at least 1/4. ``level`` may not exceed the grid's noisiest level."""
+        s = self.s
+        level = check_real("start_level (a VE noise level sigma / m)", level, 0.0, s[0])
+        keep = [i for i, v in enumerate(s) if v < level]
+        if len(keep) > 1 and s[keep[1]] > 0 and \
+                math.log(level / s[keep[0]]) < 0.25 * math.log(s[keep[0]] / s[keep[1]]):
+            keep = keep[1:]
         m_l, sigma_l = ve_to_model(level, self.variance_preserving)
         return StepGrid((m_l, *(self.m[i] for i in keep)), (sigma_l, *(self.sigma[i] for i in keep)),
                         f"{self.spacing}, from sigma {level:.4g}", self.variance_preserving)
 
     def describe(self) -> str:
+        """One line: "10 steps, karras, VE sigma 157.4 -> 0.01 -> 0"."""
         s = self.s
         return f"{len(self)} steps, {self.spacing}, VE sigma {s[0]:.4g} -> {s[-2]:.4g} -> 0"
-
-    def to_json(self) -> dict:
-        return {"spacing": self.spacing, "sigmas": self.s}
 
 
 def ve_to_model(s: float, variance_preserving: bool) -> tuple[float, float]:
     """``(m, sigma)`` of VE level ``s`` in VP coordinates (``m = 1/sqrt(1 + s^2)``, ``sigma = s m``) or VE (1, s)."""
     if not variance_preserving:
         return 1.0, float(s)
-    m = 1.0 / math.sqrt(1.0 + s * s)
-    return m, s * m
+    h = math.hypot(1.0, s)  # sqrt(1 + s^2) without overflow for huge s
+    return 1.0 / h, s / h
 
 
 def ve_levels(schedule: Schedule) -> tuple[float, float]:
@@ -170,7 +176,7 @@ def _check_decreasing(name: str, values: np.ndarray, what: str) -> None:
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"{name} must be strictly decreasing in noise ({what}, noisiest first); "
-                         f"{name}[{i}] = {values[i]!r} is followed by {values[i + 1]!r}")
+                         f"{name}[{i}] = {float(values[i]):g} is followed by {float(values[i + 1]):g}")
 
 
 def step_grid(
@@ -180,21 +186,30 @@ def step_grid(
     *,
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
-    rho: float = 7.0,
+    rho: Optional[float] = None,
     sigma_min: Optional[float] = None,
     sigma_max: Optional[float] = None,
     default_steps: int = 50,
     default_spacing: str = "trained",
     solver: Optional[str] = None,
+    solver_options: Optional[dict] = None,
 ) -> StepGrid:
     """The step grid for ``model`` (anything with a ``schedule``): ``steps`` steps with ``spacing``, or explicit
     ``sigmas`` (VE sigmas, or a :class:`StepGrid`) or ``timesteps`` (the model's own labels), noisiest first.
 
     ``steps`` defaults to ``default_steps`` (at most the trained levels of a discrete model, for trained spacings),
-    ``spacing`` to ``default_spacing``. ``rho``, ``sigma_min`` and ``sigma_max`` shape ``karras`` and ``logsnr`` (the
-    bounds default to the model's trained VE range). ``optimized`` needs ``solver``, the sampler the grid is fitted to.
+    ``spacing`` to ``default_spacing``. ``rho`` (karras only, default 7), ``sigma_min`` and ``sigma_max`` shape
+    ``karras`` and ``logsnr`` (the bounds default to the model's trained VE range); given to another spacing they are
+    refused. ``optimized`` needs ``solver``, the sampler the grid is fitted to, and ``solver_options``, its options
+    (``eta``, ``order``, ...): the grid is fitted to the sampler as it will run.
     """
     schedule: Schedule = model.schedule
+    shaping = [k for k, v in (("rho", rho), ("sigma_min", sigma_min), ("sigma_max", sigma_max)) if v is not None]
+    chosen = "an explicit grid" if sigmas is not None or timesteps is not None else \
+        repr(default_spacing if spacing is None else spacing)
+    if shaping and not (chosen in ("'karras'", "'logsnr'") and (chosen == "'karras'" or "rho" not in shaping)):
+        raise ValueError(f"{', '.join(shaping)} shape(s) the karras grid (rho, sigma_min, sigma_max) or the logsnr grid "
+                         f"(sigma_min, sigma_max), not {chosen}: leave them out, or use spacing='karras' / 'logsnr'")
     if sigmas is not None or timesteps is not None:
         if sigmas is not None and timesteps is not None:
             raise ValueError("give sigmas or timesteps, not both: each is a whole grid")
@@ -238,7 +253,7 @@ def step_grid(
 
         if solver is None:
             raise ValueError("spacing='optimized' fits the grid to one sampler: call it through a sampler or pass solver=")
-        return optimized_grid(model, solver, steps)
+        return optimized_grid(model, solver, steps, options=solver_options)
     hi, lo = ve_levels(schedule)
     sigma_max = hi if sigma_max is None else check_real("sigma_max", sigma_max, 0.0, lo_open=True)
     sigma_min = lo if sigma_min is None else check_real("sigma_min", sigma_min, 0.0, lo_open=True)
@@ -247,7 +262,7 @@ def step_grid(
     if steps == 1:
         return _from_ve(schedule, [sigma_max], spacing)
     if spacing == "karras":
-        rho = check_real("rho", rho, 0.0, lo_open=True)
+        rho = 7.0 if rho is None else check_real("rho", rho, 0.0, lo_open=True)
         ramp = np.linspace(0.0, 1.0, steps)
         s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
         return _from_ve(schedule, s.tolist(), "karras" if rho == 7.0 else f"karras(rho={rho:g})")
@@ -256,6 +271,11 @@ def step_grid(
 
 def _explicit(schedule: Schedule, sigmas, timesteps) -> StepGrid:
     if isinstance(sigmas, StepGrid):
+        s = np.asarray(sigmas.s, dtype=np.float64)
+        if len(sigmas) < 1 or s[-1] != 0.0 or not np.all(np.isfinite(s)) or np.any(s[:-1] <= 0):
+            raise ValueError(f"a StepGrid needs at least one positive finite level before its final clean level "
+                             f"(sigma = 0), got VE sigmas {s.tolist()}"[:300])
+        _check_decreasing("the StepGrid's VE sigmas", s, "VE sigma")
         return sigmas
     name, values = ("sigmas", sigmas) if sigmas is not None else ("timesteps", timesteps)
     if name == "timesteps" and isinstance(values, str):
@@ -266,7 +286,12 @@ def _explicit(schedule: Schedule, sigmas, timesteps) -> StepGrid:
         raise ValueError(f"{name} must be a sequence of numbers, noisiest first, got {type(values).__name__}")
     if len(values) > MAX_LEVELS + 1:
         raise ValueError(f"{name} has {len(values)} entries; a grid has at most {MAX_LEVELS} steps")
-    arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).reshape(-1)
+    try:
+        arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a flat sequence of numbers, noisiest first, got {values!r}"[:300]) from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a flat (1-D) sequence of numbers, got shape {arr.shape}")
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be a non-empty sequence of finite numbers, got {values!r}"[:300])
     if name == "sigmas":
@@ -285,5 +310,10 @@ def _explicit(schedule: Schedule, sigmas, timesteps) -> StepGrid:
         raise ValueError(f"timesteps[{int(outside[0])}] = {arr[outside[0]]:g} is outside the model's time labels "
                          f"[{lo:g}, {hi:g}]")
     lam = np.asarray(schedule.log_snr(arr), dtype=np.float64).reshape(-1)
+    if lam.size > 1 and lam[-1] == np.inf:  # a last clean label (continuous time t = 0): the grid's final level
+        arr, lam = arr[:-1], lam[:-1]
+    if not np.all(np.isfinite(lam)):
+        raise ValueError(f"timesteps {arr[~np.isfinite(lam)].tolist()} have no finite noise level (only the last "
+                         "label may be the clean one)")
     _check_decreasing("the log-SNR of timesteps", -lam, "the model's labels")
     return _from_labels(schedule, arr, "explicit timesteps")

@@ -220,7 +220,8 @@ def langevin(
     sigmas = langevin_grid(model, math.prod(z.shape[1:]), levels, sigma_max, sigma_min, z.dtype, spacing=spacing,
                            sigmas=sigmas, timesteps=timesteps)
     steps = _steps_per_level(steps_per_level, len(sigmas))
-    step_lr = 0.2 * sigmas[-1] ** 2 if step_lr is None else check_real("step_lr", step_lr, 0.0, lo_open=True)
+    sigma_L = sigmas[-1]  # the step sizes' reference level, also when an SDEdit start cuts the grid below it
+    step_lr = 0.2 * sigma_L**2 if step_lr is None else check_real("step_lr", step_lr, 0.0, lo_open=True)
     grid, x = begin(model, z, StepGrid((1.0,) * (len(sigmas) + 1), (*sigmas, 0.0), "langevin", False), start, ve=True)
     if len(grid) != len(sigmas) or grid.s[0] != sigmas[0]:  # an SDEdit start: its level, then the levels below it
         kept = len(grid) - 1
@@ -229,7 +230,7 @@ def langevin(
     noise = torch.empty_like(z)
     with progress_bar(sum(steps), progress, "langevin") as bar:
         for i, sigma in enumerate(sigmas):
-            a = step_lr * sigma**2 / sigmas[-1] ** 2  # Algorithm 1, step size alpha_i
+            a = step_lr * sigma**2 / sigma_L**2  # Algorithm 1, step size alpha_i
             for _ in range(steps[i]):
                 score = model.score(x, sigma, 1.0, y)
                 x.add_(score, alpha=a).add_(noise.normal_(generator=generator), alpha=math.sqrt(2 * a))

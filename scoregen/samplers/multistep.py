@@ -140,6 +140,7 @@ def dpmpp_3m(
         raise ValueError(f"coefficient must be 'reference' (diffusers' and k-diffusion's) or 'taylor' (third order), "
                          f"got {coefficient!r}")
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="dpmpp_3m",
+                     solver_options={"coefficient": coefficient},
                      default_steps=_DEFAULT_STEPS, default_spacing=_DEFAULT_SPACING)
     grid, x = begin(model, z, grid, start, ve=True)
     s = grid.s
@@ -193,6 +194,7 @@ def dpmpp_2m_sde(
     """
     eta = check_real("eta (0: the ODE solver dpmpp_2m, 1: full SDE noise)", eta, 0.0)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="dpmpp_2m_sde",
+                     solver_options={"eta": eta},
                      default_steps=_DEFAULT_STEPS, default_spacing=_DEFAULT_SPACING)
     grid, x = begin(model, z, grid, start, ve=True)
     s = grid.s
@@ -254,6 +256,7 @@ def unipc(
     """
     order = check_int("order (UniPC's p: 1, 2 or 3)", order, 1, 3)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="unipc",
+                     solver_options={"order": order},
                      default_steps=_DEFAULT_STEPS, default_spacing=_DEFAULT_SPACING)
     grid, x = begin(model, z, grid, start, ve=True)
     s = grid.s
@@ -297,7 +300,7 @@ def deis(
     callback: Optional[Callable[[dict], None]] = None,
     progress: Optional[bool] = None,
 ) -> Tensor:
-    """DEIS, tAB-p (Zhang & Chen 2022): noise prediction, eps extrapolated by the Lagrange polynomial in log-SNR
+    """DEIS, tAB-p (Zhang & Chen 2023): noise prediction, eps extrapolated by the Lagrange polynomial in log-SNR
     through the last p evaluations and integrated exactly, one evaluation per step.
 
     ``x_{i+1} = x_i + sum_j w_ij eps_{i-j}`` with ``w_ij = int_{s_i}^{s_{i+1}} L_j(-log rho) drho``
@@ -311,6 +314,7 @@ def deis(
     """
     order = check_int("order (DEIS's tAB order: 1, 2 or 3)", order, 1, 3)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="deis",
+                     solver_options={"order": order},
                      default_steps=_DEFAULT_STEPS, default_spacing=_DEFAULT_SPACING)
     grid, x = begin(model, z, grid, start, ve=True)
     s = grid.s

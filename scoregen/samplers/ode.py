@@ -95,8 +95,8 @@ def _heun_step(model: ScoreModel, x: Tensor, s_from: float, s_to: float, y: Opti
     if s_to == 0:
         x.add_(d, alpha=h)  # Algorithm 1, line 6: Euler to sigma = 0
     else:
-        d_next = model.eps(x + h * d, s_to, 1.0, y)  # lines 5 and 9
-        x.add_(d + d_next, alpha=h / 2)  # line 10: the trapezoidal rule
+        d_next = model.eps(torch.add(x, d, alpha=h), s_to, 1.0, y)  # lines 5 and 9
+        x.add_(d, alpha=h / 2).add_(d_next, alpha=h / 2)  # line 10: the trapezoidal rule
     return d
 
 
@@ -136,6 +136,7 @@ def edm(
         s_tmax = check_real("s_tmax (a VE level, or inf)", s_tmax, s_tmin)
     s_noise = check_real("s_noise", s_noise, 0.0)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="edm", default_steps=18,
+                     solver_options={"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise},
                      default_spacing="karras")
     grid, x = begin(model, z, grid, start, ve=True)
     s = grid.s
@@ -193,6 +194,7 @@ def ipndm(
     if not isinstance(variable_step, bool):
         raise ValueError(f"variable_step must be True or False, got {variable_step!r}")
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ipndm", default_steps=20,
+                     solver_options={"order": order, "variable_step": variable_step},
                      default_spacing="karras")
     grid, x = begin(model, z, grid, start, ve=True)
     s = grid.s
@@ -248,7 +250,7 @@ def ode(
     The whole batch is one flattened float64 state (one error norm, so every sample takes the same steps), handed to
     the model in z's dtype and device at each evaluation.
 
-    Options: ``method`` (str, one of :data:`ODE_METHODS`, default "RK45"), ``rtol`` (float in (0, 1], default 1e-5)
+    Options: ``method`` (str, one of :data:`ODE_METHODS`, default "RK45"), ``rtol`` (float in [2.2e-14, 1], default 1e-5)
     and ``atol`` (float >= 0, default 1e-5): scipy's tolerances; ``sigma_min`` (float in (0, first level), default
     None: the grid's last nonzero level). NFE = the solver's function evaluations (scipy's ``nfev``) + 1, the final
     step; the callback gets each accepted solver step (``i``, ``sigma`` the level reached, ``nfev`` so far) and the
@@ -258,7 +260,7 @@ def ode(
     if method not in ODE_METHODS:
         raise ValueError(f"method must be one of {list(ODE_METHODS)} (scipy.integrate's explicit Runge-Kutta methods), "
                          f"got {method!r}")
-    rtol = check_real("rtol", rtol, 0.0, 1.0, lo_open=True)
+    rtol = check_real("rtol (scipy needs at least 100 float64 eps)", rtol, 100 * float(np.finfo(np.float64).eps), 1.0)
     atol = check_real("atol", atol, 0.0)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ode", default_steps=2,
                      default_spacing="karras")
@@ -268,7 +270,8 @@ def ode(
         s_end = grid.s[-2]
         if not s_end < s_start:
             raise ValueError(f"ode integrates from the grid's first level to its last nonzero one, but this grid has "
-                             f"one level ({s_start:g}): use steps >= 2, or give sigma_min")
+                             f"one level ({s_start:g}){' (what remains below start_level)' if start is not None else ''}: "
+                             "use steps >= 2, a higher start_level, or give sigma_min")
     else:
         s_end = check_real(f"sigma_min (where the integration stops, below the first level {s_start:g})", sigma_min,
                            0.0, s_start, lo_open=True, hi_open=True)

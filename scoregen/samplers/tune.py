@@ -615,17 +615,19 @@ def grid_cache_dir() -> str:
     return os.path.join(root, "grids")
 
 
-def _cache_path(directory: str, fingerprint: str, solver: str, steps: int) -> str:
-    key = _digest(fingerprint, solver, str(steps), f"method={METHOD_VERSION}", f"n={DEFAULT_N},{DEFAULT_N_NETWORK}",
-                  f"trim={DEFAULT_TRIM}", f"reference={DEFAULT_REFERENCE_STEPS}")
+def _cache_path(directory: str, fingerprint: str, solver: str, steps: int, options: dict) -> str:
+    key = _digest(fingerprint, solver, str(steps), json.dumps(options, sort_keys=True, default=repr),
+                  f"method={METHOD_VERSION}", f"n={DEFAULT_N},{DEFAULT_N_NETWORK}", f"trim={DEFAULT_TRIM}",
+                  f"reference={DEFAULT_REFERENCE_STEPS}")
     return os.path.join(directory, f"{solver}-{steps}-{key[:32]}.json")
 
 
-def optimized_grid(model, solver: str, steps: int, *, cache_dir: Union[str, os.PathLike, None] = None,
-                   progress: Optional[bool] = None) -> TunedGrid:
-    """:func:`tune_grid`'s grid for (model, solver, steps) with its defaults, searched once and then read from a
-    JSON file in ``cache_dir`` (default :func:`grid_cache_dir`), keyed by the model's fingerprint
-    (:func:`model_fingerprint`), the solver, the steps and the search's version. A cache hit evaluates nothing
+def optimized_grid(model, solver: str, steps: int, *, options: Optional[dict] = None,
+                   cache_dir: Union[str, os.PathLike, None] = None, progress: Optional[bool] = None) -> TunedGrid:
+    """:func:`tune_grid`'s grid for (model, solver with its ``options``, steps) with the search's defaults, searched
+    once and then read from a JSON file in ``cache_dir`` (default :func:`grid_cache_dir`), keyed by the model's
+    fingerprint (:func:`model_fingerprint`), the solver, its options, the steps and the search's version. The grid is
+    fitted to the model without its x0 hook (clipping), as ``scoregen tune-grid`` does. A cache hit evaluates nothing
     and prints nothing. The file is written atomically; a damaged one is searched again and replaced; a cache
     folder that cannot be written costs a warning (the grid is still returned).
 
@@ -640,7 +642,8 @@ def optimized_grid(model, solver: str, steps: int, *, cache_dir: Union[str, os.P
     fingerprint = model_fingerprint(model)
     raw = _unwrap(model)
     directory = os.fspath(cache_dir) if cache_dir is not None else grid_cache_dir()
-    path = _cache_path(directory, fingerprint, solver, steps)
+    options = dict(options or {})
+    path = _cache_path(directory, fingerprint, solver, steps, options)
     if os.path.isfile(path):
         try:
             with warnings.catch_warnings():
@@ -650,7 +653,7 @@ def optimized_grid(model, solver: str, steps: int, *, cache_dir: Union[str, os.P
                 return grid
         except (ValueError, OSError, UserWarning):
             pass
-    grid = tune_grid(raw, solver, steps, progress=progress)
+    grid = tune_grid(raw, solver, steps, progress=progress, options=options or None)
     try:
         save_grid(grid, path)
     except (ValueError, OSError) as e:
