@@ -212,9 +212,9 @@ def test_sampler_runs_on_every_family(name, fam):
         assert res.nfe == states[-1]["nfev"] + 1
     else:
         assert res.nfe == want
-    # same seed, same samples (a fresh counting wrapper: it passes every query through unchanged)
-    again = sg.sample(Counting(model, N), name, N, seed=SEED, x0_hook=hook, progress=False, **options)
-    assert torch.equal(again.samples, x)
+    if fam == "ring2d":  # same seed, same samples (determinism is the sampler's: one family shows it)
+        again = sg.sample(Counting(model, N), name, N, seed=SEED, x0_hook=hook, progress=False, **options)
+        assert torch.equal(again.samples, x)
     if value_range is not None and not LANDS_ON_X0[name]:
         # the last update is the hooked x0_hat, in the data range up to the rounding of ``x - s eps`` in float32 at
         # the state it starts from (euler_maruyama's 4 steps leave |x| ~ 800 there: 3.6e-5 on digits-ddpm)
@@ -345,7 +345,12 @@ def test_noise_is_drawn_only_by_stochastic_samplers(name):
 # ----------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("name", NAMES)
+#: The command line of one sampler of each kind runs by default (the CLI passes options through one path for all of
+#: them); `pytest -m slow` runs every sampler.
+CLI_DEFAULT = {"ddpm", "langevin", "euler", "unipc", "ipndm", "ode", "pc"}
+
+
+@pytest.mark.parametrize("name", [n if n in CLI_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_cli_every_sampler_and_spacing(name, tmp_path, capsys):
     """`scoregen sample --sampler NAME --spacing S` on an exact target (a discrete-only spacing) and on the DDPM
     digits checkpoint (x0_hat clipped to its data range, as the CLI does for image checkpoints): the same samples as

@@ -1,13 +1,16 @@
 """Samplers: one signature, chosen by name in one call.
 
-Every sampler is a function ``sampler(model, z, *, generator, y, callback, progress, **options) -> x0``
-where ``z`` is standard normal noise of shape (B, *shape) that the sampler scales to its own first level.
+Every sampler is a function ``sampler(model, z, *, generator, y, start, callback, progress, **options) -> x0``
+where ``z`` is standard normal noise of shape (B, *shape) that the sampler scales to its own first level (or uses to
+noise ``start``, an SDEdit start), and whose options include its step grid (``steps``, ``spacing``, ``sigmas``,
+``timesteps``: :mod:`scoregen.samplers.grids`).
 :func:`sample` draws ``z`` from a seeded generator, counts network evaluations (NFE), times the run and
 checks the model and the result, so swapping samplers on a model is one argument::
 
     sample(model, "ddpm", n=1000, seed=0)
     sample(model, "langevin", n=1000, seed=0, levels=10, steps_per_level=100)
     sample(model, "langevin", n=1000, seed=0, **langevin_budget(50, 33))  # exactly 50 evaluations
+    sample(model, "dpmpp_2m", n=1000, seed=0, steps=10, spacing="optimized")  # a grid fitted to this model
 
 Before their loop, the samplers declare the levels they will query (:meth:`~scoregen.ScoreModel.prepare`), so that a
 network adapter maps its whole grid at once instead of one level at a time inside the loop.
@@ -41,13 +44,17 @@ from .sde import euler_maruyama, pc
 from .tune import TunedGrid, load_grid, optimized_grid, save_grid, tune_grid
 
 __all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin", "langevin_grid",
-           "langevin_budget", "LangevinGrid", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "ipndm", "edm",
-           "euler_maruyama", "pc", "ode", "step_grid", "tune_grid", "optimized_grid", "save_grid", "load_grid", "TunedGrid", "StepGrid", "SPACINGS"]
+           "langevin_budget", "LangevinGrid", "euler", "heun", "edm", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc",
+           "deis", "ipndm", "euler_maruyama", "pc", "ode", "step_grid", "StepGrid", "SPACINGS", "tune_grid",
+           "optimized_grid", "save_grid", "load_grid", "TunedGrid"]
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "langevin": langevin, "ddim": ddim, "euler": euler, "heun": heun,
-                                             "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "dpmpp_2m_sde": dpmpp_2m_sde,
-                                             "unipc": unipc, "deis": deis, "ipndm": ipndm, "edm": edm,
-                                             "euler_maruyama": euler_maruyama, "pc": pc, "ode": ode}
+#: Every sampler by name: the classical three, then the ODE solvers, then the SDE solvers (docs/samplers.md).
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm, "langevin": langevin, "ddim": ddim,
+    "euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc, "deis": deis,
+    "ipndm": ipndm, "ode": ode,
+    "edm": edm, "dpmpp_2m_sde": dpmpp_2m_sde, "euler_maruyama": euler_maruyama, "pc": pc,
+}
 _SHARED = {"generator", "y", "start", "callback", "progress"}
 
 
