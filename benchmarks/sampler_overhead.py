@@ -95,6 +95,22 @@ def randn_us(batch: int, repeats: int, device: str) -> float:
     return statistics.median(times), min(times)
 
 
+def bare_step_us(batch: int, repeats: int, device: str) -> tuple[float, float]:
+    """The floor of any sampler step on the zero network, in plain torch: the network's input (the VE level rescaled
+    to its VP label), its output, one finiteness check and Euler's update. Median / best microseconds."""
+    x = torch.randn(batch, D, device=device)
+    times = []
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        for _ in range(20):
+            eps = torch.zeros_like(x * 0.3)
+            float(eps.sum())
+            x.add_(eps, alpha=-0.01)
+        if r:  # the first round warms up
+            times.append((time.perf_counter() - start) / 20 * 1e6)
+    return statistics.median(times), min(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=15)
@@ -135,6 +151,8 @@ def main() -> None:
     if not args.baseline:
         (s_med, s_min), (b_med, b_min) = randn_us(1, args.repeats, args.device), randn_us(8192, args.repeats, args.device)
         print(f"| {'(one randn draw)':<20} | {s_med:>6.1f} / {s_min:>4.1f} | {b_med:>7.0f} / {b_min:>5.0f} |")
+        (s_med, s_min), (b_med, b_min) = bare_step_us(1, args.repeats, args.device), bare_step_us(8192, args.repeats, args.device)
+        print(f"| {'(bare Euler step)':<20} | {s_med:>6.1f} / {s_min:>4.1f} | {b_med:>7.0f} / {b_min:>5.0f} |")
     if args.peers:
         peer_tables(args.repeats, args.device)
 
