@@ -25,6 +25,10 @@ HANG_LIMIT_S = 1800
 
 # (page, a line the block contains) -> assertions appended to that block, run in its namespace.
 CHECKS = {
+    ("samplers.md", "grid = sg.tune_grid("): (
+        # the search beats every fixed spacing on fresh noise, and the run spends exactly its 10 evaluations
+        'assert grid.info["chosen"] == "optimized" and len(grid) == 10 and res.nfe == 10, grid.info\n'
+    ),
     ("README.md", "guided_digits = "): (
         # classifier-guided samples of the NCSN network are the classes asked for
         'assert report["requested_rate"] > 0.8, report\n'
