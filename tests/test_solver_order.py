@@ -139,7 +139,8 @@ def first_order_final_step_error(y0: torch.Tensor) -> float:
     return abs(k_exact - k_step) * float((exact(y0, S_MIN) - MU).abs().max())
 
 
-@pytest.mark.parametrize("coords", list(MODELS))
+# VE coordinates by default; the same solvers on a VP model (the state rescaled at every level) with -m slow
+@pytest.mark.parametrize("coords", [c if c == "ve" else pytest.param(c, marks=pytest.mark.slow) for c in MODELS])
 @pytest.mark.parametrize("solver", list(SOLVERS))
 def test_solver_converges_at_its_order(solver, coords):
     name = solver.split("-")[0]
