@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_real
-from .schedules import Schedule, m_sigma_from_log_snr
+from .schedules import Schedule, m_sigma_from_log_snr, ve_levels
 
 Level = Union[float, Tensor]
 Parameterization = Literal["eps", "score", "x0", "v"]
@@ -267,9 +267,7 @@ class ScoreModel:
     @property
     def sigma_range(self) -> tuple[float, float]:
         """(largest, smallest) VE noise std ``sigma / m`` of the trained levels: Langevin's default range."""
-        m, sigma = self.schedule.levels()
-        ve = np.asarray(sigma) / np.asarray(m)
-        return float(ve.max()), float(ve.min())
+        return ve_levels(self.schedule)
 
     @property
     def sigma_max_source(self) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "schedule_from_config",
     "ncsnv2_levels",
     "ncsnv2_sigma_max",
+    "ve_levels",
     "MAX_LEVELS",
 ]
 
@@ -377,6 +378,14 @@ class ContinuousVE(_Continuous):
 
     def __repr__(self) -> str:
         return f"ContinuousVE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"
+
+
+def ve_levels(schedule: Schedule) -> tuple[float, float]:
+    """(largest, smallest) VE noise level ``sigma / m`` of the schedule's trained levels (continuous: its grid's): the
+    range of the karras and logsnr step grids, and of a model's ``sigma_range``."""
+    m, sigma = schedule.levels()
+    ve = np.asarray(sigma, dtype=np.float64) / np.asarray(m, dtype=np.float64)
+    return float(ve.max()), float(ve.min())
 
 
 def schedule_from_config(config: dict) -> Schedule:

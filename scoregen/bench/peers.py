@@ -82,7 +82,7 @@ from torch import Tensor
 from .._checks import check_int
 from ..models import ScoreModel, class_labels, prepare_levels
 from ..samplers._guard import Guarded
-from ..schedules import DiscreteVP, m_sigma_from_log_snr
+from ..schedules import DiscreteVP, m_sigma_from_log_snr, ve_levels
 
 __all__ = [
     "PeerRun",
@@ -520,13 +520,6 @@ def kdiffusion_denoiser(model: ScoreModel, *, cached: bool = True, kd: Optional[
     return cls(eps_network(model), abar, quantize=True)
 
 
-def _ve_sigma_range(model: ScoreModel) -> tuple[float, float]:
-    """(sigma_min, sigma_max): the VE sigmas sigma / m of the schedule's cleanest and noisiest grid levels."""
-    m, sigma = model.schedule.levels()
-    ve = np.asarray(sigma, dtype=np.float64) / np.asarray(m, dtype=np.float64)
-    return float(ve.min()), float(ve.max())
-
-
 @dataclass
 class KDiffusionPeer(Peer):
     """A k-diffusion sampler on its wrapper's grid or on the Karras grid (see the module docstring)."""
@@ -610,7 +603,7 @@ def _kdiffusion_peer(model: ScoreModel, kd, sampler: str, grid: str) -> KDiffusi
                "sigma lookup once per distinct sigma (bit-identical to the stock wrapper); inner(x, t) = "
                "model.eps(x, sigma_t, m_t) at label t + first_index")
     else:
-        smin, smax = _ve_sigma_range(model)
+        smax, smin = ve_levels(model.schedule)
         how = "scoregen.interop.export.denoiser(model): D(x, sigma) = x - sigma * eps(x, sigma) in VE coordinates"
     fn = getattr(kd.sampling, f"sample_{sampler}")
     name = sampler if grid == "wrapper" else f"{sampler} karras"

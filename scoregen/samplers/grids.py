@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from .._checks import check_int, check_real
-from ..schedules import MAX_LEVELS, Schedule, m_sigma_from_log_snr
+from ..schedules import MAX_LEVELS, Schedule, m_sigma_from_log_snr, ve_levels
 
-__all__ = ["StepGrid", "step_grid", "SPACINGS", "ve_levels", "respace"]
+__all__ = ["StepGrid", "step_grid", "SPACINGS", "respace", "ve_to_model"]
 
 SPACINGS = ("trained", "leading", "trailing", "linspace", "karras", "logsnr", "time", "optimized")
 _DISCRETE_ONLY = ("leading", "trailing", "linspace")
@@ -101,13 +101,6 @@ def ve_to_model(s: float, variance_preserving: bool) -> tuple[float, float]:
         return 1.0, float(s)
     h = math.hypot(1.0, s)  # sqrt(1 + s^2) without overflow for huge s
     return 1.0 / h, s / h
-
-
-def ve_levels(schedule: Schedule) -> tuple[float, float]:
-    """(largest, smallest) VE noise level ``sigma / m`` of the schedule's trained levels (continuous: its grid's)."""
-    m, sigma = schedule.levels()
-    ve = np.asarray(sigma) / np.asarray(m)
-    return float(ve.max()), float(ve.min())
 
 
 def _from_labels(schedule: Schedule, t, spacing: str) -> StepGrid:

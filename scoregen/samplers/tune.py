@@ -52,8 +52,8 @@ from torch import Tensor
 from .._checks import check_int, check_real, short
 from .._progress import progress as _progress
 from ..models import ModelTransform, NetworkScoreModel, X0Hook, class_labels
-from ..schedules import MAX_LEVELS
-from .grids import StepGrid, step_grid, ve_levels, ve_to_model
+from ..schedules import MAX_LEVELS, ve_levels
+from .grids import StepGrid, step_grid, ve_to_model
 
 __all__ = ["TunedGrid", "tune_grid", "optimized_grid", "save_grid", "load_grid", "model_fingerprint", "grid_cache_dir",
            "reference_endpoints", "endpoint_rmse", "CACHE_ENV", "METHOD_VERSION"]
