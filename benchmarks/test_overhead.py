@@ -1,6 +1,8 @@
 """pytest-benchmark: per-step overhead of each sampler on a zero network (D = 64).
 
-    pytest benchmarks/ --benchmark-enable
+    pytest benchmarks/ --benchmark-enable -n 0
+
+(-n 0: the default run is parallel under pytest-xdist, which turns pytest-benchmark off.)
 
 One benchmark round is a whole sampling run; divide by the NFE in extra_info for a per-step figure.
 """

@@ -1,7 +1,9 @@
 """scoregen: one score-model interface, pluggable diffusion and score-based samplers, guidance, exact targets."""
 
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, LikelihoodGuidance, gaussian_measurement
+from . import likelihood
 from .io import load_checkpoint
+from .likelihood import NLLResult, ode_nll, vlb
 from .metrics import (class_report, component_frechet, frechet_distance, mmd_to_mixture, mode_tv, sliced_w2,
                       sliced_w2_noise_floor, sliced_w2_to_mixture)
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
@@ -9,6 +11,7 @@ from .pretrained import pretrained_names
 from .samplers import SAMPLERS, SPACINGS, SampleResult, StepGrid, load_grid, sample, save_grid, step_grid, tune_grid
 from .schedules import ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
 from .targets import GaussianMixture, load_target
+from .variance import VARIANCES, analytic_variance
 
 __version__ = "0.1.0"
 
@@ -47,4 +50,10 @@ __all__ = [
     "class_report",
     "load_checkpoint",
     "pretrained_names",
+    "likelihood",
+    "vlb",
+    "ode_nll",
+    "NLLResult",
+    "analytic_variance",
+    "VARIANCES",
 ]

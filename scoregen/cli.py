@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -117,14 +118,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 HELP_FORMATTER = HelpFormatter
 
 
-def _add_model_source(parser: argparse.ArgumentParser) -> None:
-    """--target or --checkpoint: the model `scoregen sample` and `scoregen tune-grid` work on."""
+def _add_model_source(parser: argparse.ArgumentParser):
+    """--target or --checkpoint: the model `scoregen sample`, `tune-grid` and `nll` work on (the group, for more)."""
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--target", type=_target_arg, help="an exact target: ring2d, gmm64 or a mixture PATH.json "
                                                         "(default: ring2d, unless --checkpoint is given)")
     src.add_argument("--checkpoint", help="a trained model instead of a target: a checkpoint folder written by "
                                            "`scoregen train`, or a built-in model's name (`scoregen pretrained list`), "
                                            "e.g. digits-ddpm (default: none, --target)")
+    return src
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timesteps", type=_timesteps_arg, help="an explicit step grid in the model's own time labels, "
                                                             "noisiest first, or respace:ddim25 (improved-diffusion's "
                                                             "respacing; default: --spacing)")
-    s.add_argument("--variance", choices=["beta_tilde", "beta"], help="ddpm: posterior variance (default: beta_tilde)")
+    s.add_argument("--variance", choices=["beta_tilde", "beta", "learned", "analytic"],
+                   help="ddpm: the reverse variance: beta_tilde, beta, learned (a network trained with objective hybrid) "
+                        "or analytic (Analytic-DPM, estimated on the model's training data; default: beta_tilde)")
     s.add_argument("--eta", type=_finite_float, help="ddim: noise, 0 deterministic .. 1 ancestral (default: 0); "
                                                     "dpmpp_2m_sde: the SDE's noise, 0 = dpmpp_2m (default: 1)")
     s.add_argument("--order", type=_positive_int, help="unipc, deis, ipndm: the multistep order (default: unipc 2, deis 3, "
@@ -207,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network (DDPM, NCSN or a noisy classifier) and checkpoint it",
                        formatter_class=HELP_FORMATTER)
     t.add_argument("--data", required=True, help="ring2d, gmm64, digits, a mixture .json, an image folder or an (N, ...) .npy")
-    t.add_argument("--objective", required=True, choices=["ddpm", "ncsn", "classifier", "judge"],
-                   help="what to train: ddpm (an eps network, L_simple), ncsn (a score network on NCSN levels, denoising "
+    t.add_argument("--objective", required=True, choices=["ddpm", "hybrid", "ncsn", "classifier", "judge"],
+                   help="what to train: ddpm (an eps network, L_simple), hybrid (an eps network with learned variance "
+                        "channels, L_simple + 0.001 L_vlb: sample it with --variance learned), ncsn (a score network on NCSN levels, denoising "
                         "score matching), classifier (a noise-conditional classifier, for guidance); judge: a clean-image CNN classifier, fit on a stratified 80%% of the labelled data and scored "
                         "on the other 20%% (meta.heldout)")
     t.add_argument("--conditional", action="store_true", help="class-conditional score network with label dropout "
@@ -305,7 +310,47 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--no-progress", action="store_true",
                     help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
 
-    for command in (s, t, pr, pb, b, tg):  # errors found after parsing name the subcommand: "scoregen sample: error: ..."
+    nl = sub.add_parser("nll", formatter_class=HELP_FORMATTER,
+                        help="negative log-likelihood of data under a model, in bits/dim with its standard error",
+                        description="Per-sample negative log-likelihood of data under a model: the variational bound "
+                                    "(--method vlb: one evaluation per level and sample) or the probability-flow ODE "
+                                    "(--method ode: an adaptive solve with the divergence). Prints the mean in bits/dim "
+                                    "with its standard error over the samples; on an exact target also the closed-form "
+                                    "value. docs/likelihood.md explains the estimators.")
+    _add_model_source(nl).add_argument(
+        "--model", help="the model, whatever it is: a built-in target or mixture .json (as --target), a built-in model "
+                        "or checkpoint folder (as --checkpoint), or a diffusers pipeline folder (then give --data) (default: none, --target or --checkpoint)")
+    nl.add_argument("--data", help="the data: a spec as `scoregen train --data` takes (digits, an image folder, "
+                                   "FILE.npy, a mixture) (default: a checkpoint's training data; samples of the target)")
+    nl.add_argument("--method", choices=["vlb", "ode"], default="vlb", help="the estimator")
+    nl.add_argument("-n", type=_positive_int, help="evaluate this many data points, a seeded random subset (default: "
+                                                   "512 of a data set, 1000 samples of a target)")
+    nl.add_argument("--bins", type=int, help="the number of evenly spaced values the data takes in its range (0: "
+                                             "continuous; default: 17 for digits, 256 for an image folder, else 0)")
+    nl.add_argument("--variance", choices=["beta_tilde", "beta", "learned", "analytic"], default="beta_tilde",
+                    help="vlb: the reverse steps' variance (analytic: Analytic-DPM, estimated on the data)")
+    nl.add_argument("--steps", type=_positive_int, help="vlb: the number of levels of the chain (default: every "
+                                                        "trained level)")
+    nl.add_argument("--spacing", choices=[sp for sp in SPACINGS if sp != "optimized"],
+                    help="vlb: how a --steps chain is spaced (default: trained)")
+    nl.add_argument("--timesteps", type=_timesteps_arg, help="vlb: the chain's levels in the model's time labels, or "
+                                                             "respace:ddim25 (default: --steps and --spacing)")
+    nl.add_argument("--rtol", type=_finite_float, default=1e-5, help="ode: relative tolerance")
+    nl.add_argument("--atol", type=_finite_float, default=1e-5, help="ode: absolute tolerance")
+    nl.add_argument("--divergence", choices=["auto", "exact", "hutchinson"], default="auto",
+                    help="ode: the divergence, exact (a backward pass per dimension) or Hutchinson's estimate (auto: "
+                         "exact up to 32 dimensions)")
+    nl.add_argument("--probe", choices=["rademacher", "gaussian"], default="rademacher", help="ode: Hutchinson's probes")
+    nl.add_argument("--probes", type=_positive_int, default=1, help="ode: Hutchinson probes per sample")
+    nl.add_argument("--seed", type=_seed, default=0, help="seeds the subset, the noise draws and the probes")
+    nl.add_argument("--batch-size", type=_positive_int, default=256, help="samples evaluated together")
+    nl.add_argument("--plot", help="vlb: write a plot of the bound's terms L_t against t to this PNG (default: no plot)")
+    nl.add_argument("--out", help="write the result (mean, standard error, terms, settings) to this JSON file "
+                                  "(default: print only)")
+    nl.add_argument("--no-progress", action="store_true",
+                    help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
+
+    for command in (s, t, pr, pb, b, tg, nl):  # errors found after parsing name the subcommand: "scoregen sample: error: ..."
         command.set_defaults(_parser=command)
     return p
 
@@ -392,6 +437,116 @@ def _cmd_tune_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return 0
 
 
+def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import time
+
+    import torch
+
+    from .data import load_data
+    from .io import atomic_write, load_checkpoint
+    from .likelihood import ode_nll, plot_terms, vlb
+    from .targets import load_target
+    from .variance import analytic_variance
+
+    vlb_only = [f for f, v in (("--variance", args.variance != "beta_tilde"), ("--steps", args.steps),
+                               ("--spacing", args.spacing), ("--timesteps", args.timesteps), ("--plot", args.plot)) if v]
+    if args.method == "ode" and vlb_only:
+        parser.error(f"{', '.join(vlb_only)} apply to --method vlb")
+    for flag, path, suffix in (("--plot", args.plot, ".png"), ("--out", args.out, ".json")):
+        if path is not None:
+            _check_output(parser, flag, path, suffix)
+    if args.bins is not None and (args.bins == 1 or args.bins < 0):
+        parser.error(f"--bins must be 0 (continuous data) or at least 2, got {args.bins}")
+    g = torch.Generator().manual_seed(args.seed)
+    exact, labels, data_range = None, None, (-1.0, 1.0)
+    diffusers = args.model is not None and _is_diffusers_folder(args.model)
+    if args.model is not None and not diffusers:
+        from .targets import BUILTIN_TARGETS
+
+        is_target = args.model in BUILTIN_TARGETS or args.model.lower().endswith(".json")
+        args.target, args.checkpoint = (args.model, None) if is_target else (None, args.model)
+    if diffusers:
+        from .interop.diffusers import load_diffusers
+
+        if args.data is None:
+            parser.error("a diffusers model does not record its training data: give --data")
+        model, name, spec = load_diffusers(args.model), f"diffusers model {args.model}", args.data
+        if args.method == "ode" and not model.net.learned_labels:  # a smooth field for the adaptive solver
+            model = load_diffusers(args.model, time="fractional")
+    elif args.checkpoint is None:
+        target = load_target(args.target or "ring2d")
+        model, name, spec = target, target.name, args.data
+        if spec is None:
+            n = args.n or 1000
+            x = target.sample(n, generator=g).to(torch.float64)
+            exact, source = -target.log_prob(x), f"{n} samples of the target (seed {args.seed})"
+    else:
+        net, config = load_checkpoint(args.checkpoint)
+        if getattr(net, "parameterization", None) is None:
+            parser.error(f"{args.checkpoint} holds a classifier, not a score model")
+        model, name = net.score_model(), f"{config['network']['class']} from {args.checkpoint}"
+        meta = config["meta"].get("data")
+        spec = args.data or (meta.get("spec") if isinstance(meta, dict) else None)
+        if spec is None:
+            parser.error(f"{args.checkpoint} does not record its training data: give --data")
+        data_range = _value_range(config, args.checkpoint) or data_range
+    if spec is not None:
+        data = load_data(spec, seed=args.seed)
+        pick = torch.randperm(len(data), generator=g)[: args.n or 512]
+        x, data_range = data.x[pick], tuple(data.value_range)
+        if getattr(getattr(model, "net", None), "num_classes", None) is not None:  # p(x | y): the data's own labels
+            if data.y is None:
+                parser.error(f"{name} is class-conditional; the data {spec} has no labels")
+            labels = data.y[pick]
+        source = f"{len(pick)} of the {len(data)} points of {spec} (a random subset, seed {args.seed})"
+        bins = args.bins if args.bins is not None else (_data_bins(spec) or 0)
+    else:
+        bins = args.bins or 0
+    bins = bins or None
+    if args.variance == "analytic":
+        model = analytic_variance(model, data.x if spec is not None else target.sample(4096, generator=g),
+                                  data_range=data_range if spec is not None else "auto",
+                                  progress=False if args.no_progress else None)
+    progress = False if args.no_progress else None
+    start = time.perf_counter()
+    if args.method == "vlb":
+        result = vlb(model, x, steps=args.steps, spacing=args.spacing, timesteps=args.timesteps, variance=args.variance,
+                     bins=bins, data_range=data_range, y=labels, seed=args.seed, batch_size=args.batch_size,
+                     progress=progress, details=True)
+        how = f"variance {args.variance}, {result.info['grid']}"
+    else:
+        result = ode_nll(model, x, rtol=args.rtol, atol=args.atol, divergence=args.divergence, probe=args.probe,
+                         probes=args.probes, bins=bins, data_range=data_range, y=labels, seed=args.seed,
+                         batch_size=args.batch_size, progress=progress, details=True)
+        info = result.info
+        how = f"{info['method']} rtol {info['rtol']:g} atol {info['atol']:g}, {info['divergence']} divergence" + \
+              (f" ({info['probes']} {info['probe']} probe(s))" if info["probe"] else "")
+    wall = time.perf_counter() - start
+    quant = f"{bins} values per dimension in [{data_range[0]:g}, {data_range[1]:g}]" if bins else "continuous data"
+    print(f"{args.method} ({how}) of {name}")
+    print(f"data: {source}; {quant}")
+    print(f"  {result.mean():.4f} +- {result.sem():.4f} bits/dim   ({result.mean('nats'):.3f} +- {result.sem('nats'):.3f} "
+          f"nats per sample of {result.dims} dims)")
+    terms = result.term_bpd()
+    print("  terms (bits/dim): " + ", ".join(f"{k} {float(np.sum(v)):.4f}" for k, v in terms.items()))
+    print(f"  NFE {result.nfe} per sample, wall time {wall:.1f} s, seed {args.seed}")
+    report = result.to_dict()
+    if exact is not None:
+        bpd = exact / (result.dims * math.log(2.0))
+        print(f"  exact -log p (the target's closed form): {float(bpd.mean()):.4f} +- "
+              f"{float(bpd.std() / math.sqrt(bpd.numel())):.4f} bits/dim")
+        report["exact_bits_per_dim"] = float(bpd.mean())
+    if args.plot:
+        plot_terms([result], args.plot, title=f"{name}: vlb terms")
+        print(f"wrote {args.plot}")
+    if args.out:
+        report.update(command="scoregen " + " ".join(args._argv), wall_time=wall, model=name, data=source)
+        with atomic_write(args.out) as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """(score model, x0 hook, data value range, name) for `scoregen sample`, guidance applied."""
     from .guidance import ClassifierFreeGuidance, ClassifierGuidance
@@ -399,9 +554,11 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from .models import clip_x0
     from .targets import load_target
 
+    import torch
+
     if args.checkpoint is None:
         target = load_target(args.target or "ring2d")
-        model = target
+        model = _analytic(args, target, lambda: (target.sample(4096, generator=torch.Generator().manual_seed(0)), "auto"))
         if args.label is not None:
             if not 0 <= args.label < target.num_classes:
                 parser.error(f"--label must be a class of {target.name}: 0..{target.num_classes - 1}, got {args.label}")
@@ -414,7 +571,7 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
                          "model: it judges samples, and can neither sample nor guide")
         parser.error(f"{args.checkpoint} holds a classifier, not a score model; pass it as --classifier")
     value_range = _value_range(config, args.checkpoint)
-    model = net.score_model()
+    model = _analytic(args, net.score_model(), lambda: _training_data(config, args.checkpoint, parser))
     if args.label is not None:
         classes = getattr(net, "num_classes", None)
         if args.classifier:
@@ -438,6 +595,40 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
         kind = f"classifier guidance ({args.classifier})" if args.classifier else "classifier-free guidance"
         name += f", {kind} to class {args.label} with scale {model.scale:g}"
     return model, hook, value_range, name
+
+
+def _is_diffusers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "scheduler_config.json"))
+
+
+def _data_bins(spec: str) -> Optional[int]:
+    """How many evenly spaced values a data source takes per dimension: the digits' 17 grey levels, an image folder's
+    256; None (continuous) for mixtures and arrays."""
+    return 17 if spec == "digits" else 256 if os.path.isdir(spec) else None
+
+
+def _analytic(args: argparse.Namespace, model, data):
+    """``model`` wrapped for ``--variance analytic`` (its mean squared eps estimated on ``data()``: (x, data range)),
+    else ``model`` itself."""
+    if getattr(args, "variance", None) != "analytic":
+        return model
+    from .variance import analytic_variance
+
+    x, data_range = data()
+    return analytic_variance(model, x, data_range=data_range, progress=False if args.no_progress else None)
+
+
+def _training_data(config: dict, checkpoint: str, parser: argparse.ArgumentParser):
+    """(x, value range) of the data a checkpoint was trained on (``meta.data.spec``), for Analytic-DPM's estimate."""
+    from .data import load_data
+
+    meta = config["meta"].get("data")
+    spec = meta.get("spec") if isinstance(meta, dict) else None
+    if spec is None:
+        parser.error(f"--variance analytic estimates the model's mean squared eps on its training data, but {checkpoint} "
+                     "does not record it (meta.data.spec)")
+    data = load_data(spec)
+    return data.x, tuple(data.value_range)
 
 
 def _value_range(config: dict, checkpoint: str) -> Optional[tuple[float, float]]:
@@ -475,7 +666,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         x, y, evaluate = heldout_training(data)
     config = TrainConfig(args.objective, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         label_dropout=0.1 if args.conditional else 0.0)
+                         label_dropout=0.1 if args.conditional else 0.0,
+                         bins=_data_bins(args.data) if args.objective == "hybrid" else None)
     meta = {"data": {"spec": args.data, "name": data.name, "shape": list(data.shape),
                      "value_range": list(data.value_range) if data.value_range else None, "num_classes": data.num_classes}}
     summary = train(net, x, y, config, args.out, resume=args.resume, overwrite=args.overwrite, meta=meta,
@@ -632,8 +824,9 @@ def _describe(e: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # recorded in result files as the command that made them
     command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained, "bench": _cmd_bench,
-               "tune-grid": _cmd_tune_grid}[args.command]
+               "tune-grid": _cmd_tune_grid, "nll": _cmd_nll}[args.command]
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"scoregen {args.command}: warning: {message}", file=sys.stderr)

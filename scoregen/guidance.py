@@ -122,12 +122,13 @@ class LikelihoodGuidance(ModelTransform):
         if y is None and self._label_required is not None:
             raise ValueError(self._label_required)
 
-    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         self._check_label(y)
-        eps = self.model.eps(x, sigma, m)
+        eps, v = self.model.eps_and_variance(x, sigma, m)
         if self.scale == 0.0:
-            return eps
-        return eps - self.scale * _col(sigma, x) * self.grad_log_likelihood(x, sigma, m, y)
+            return eps, v
+        return eps - self.scale * _col(sigma, x) * self.grad_log_likelihood(x, sigma, m, y), v
 
     def score(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         self._check_label(y)
@@ -195,18 +196,22 @@ class ClassifierFreeGuidance(ModelTransform):
         self.null_label = None if null_label is None else check_int("null_label", null_label, 0)
         self.scale = _guidance_scale(scale, "guidance scale w", MAX_GUIDANCE_SCALE)
 
-    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """The guided eps, and the conditional model's learned variance (GLIDE's choice), if any."""
         if y is None:
             raise ValueError("classifier-free guidance needs a class label: pass y=... to sample()")
         y = class_labels(y, x.shape[0], x.device)
         if self.scale == 0.0:
-            return self.model.eps(x, sigma, m, y)
+            return self.model.eps_and_variance(x, sigma, m, y)
         if self.null_label is None:
-            cond, uncond = self.model.eps(x, sigma, m, y), self.model.eps(x, sigma, m)
+            (cond, v), uncond = self.model.eps_and_variance(x, sigma, m, y), self.model.eps(x, sigma, m)
         else:  # one batched network call for both halves
-            both = self.model.eps(torch.cat([x, x]), _twice(sigma), _twice(m), torch.cat([y, torch.full_like(y, self.null_label)]))
+            both, v = self.model.eps_and_variance(torch.cat([x, x]), _twice(sigma), _twice(m),
+                                                  torch.cat([y, torch.full_like(y, self.null_label)]))
             cond, uncond = both.chunk(2)
-        return cond + self.scale * (cond - uncond)
+            v = None if v is None else v.chunk(2)[0]
+        return cond + self.scale * (cond - uncond), v
 
 
 def _twice(level: Level) -> Level:

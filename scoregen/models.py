@@ -234,6 +234,20 @@ class ScoreModel:
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
+    #: True when the model also answers a reverse-step variance (:meth:`eps_and_variance`): a network with
+    #: improved-diffusion's learned-range output channels.
+    learned_variance: bool = False
+
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """``(eps, v)`` from one evaluation: eps as :meth:`eps` answers it, and the learned variance weight ``v``
+        in [0, 1], shaped like x, or None for a model without learned variance (:attr:`learned_variance`).
+
+        ``v`` interpolates the variance of whatever reverse step t -> s the caller takes, in log space
+        (Nichol & Dhariwal 2021, eq. 15): ``exp(v log beta_ts + (1 - v) log beta_tilde_ts)``
+        (:func:`scoregen.variance.reverse_variance`); it does not depend on the caller's coordinates."""
+        return self.eps(x, sigma, m, y), None
+
     def score(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         """``-eps / sigma``; sigma must be > 0 (the score of clean data is not defined by an eps model)."""
         _require_positive("sigma", sigma, "to turn eps into a score (score = -eps / sigma)")
@@ -408,10 +422,14 @@ class NetworkScoreModel(ScoreModel):
         shape: Optional[tuple[int, ...]] = None,
         time: Literal["nearest", "fractional"] = "nearest",
         data_sigma_max: Optional[float] = None,
+        learned_variance: Optional[bool] = None,
     ):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         self.net, self.schedule, self.parameterization = net, schedule, parameterization
+        if learned_variance is None:  # a scoregen network says so itself (trained with objective "hybrid")
+            learned_variance = bool(getattr(net, "learned_variance", False))
+        self.learned_variance = bool(learned_variance)
         self.levels = LevelMap(schedule, time)
         self.shape = tuple(shape) if shape is not None else tuple(getattr(net, "shape", ()))
         if data_sigma_max is None:  # recorded at training (scoregen.train) and set by load_checkpoint
@@ -451,16 +469,31 @@ class NetworkScoreModel(ScoreModel):
         return "the training data's largest pairwise distance (NCSNv2 technique 1), recorded at training"
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        return self.eps_and_variance(x, sigma, m, y)[0]
+
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """With :attr:`learned_variance` the network returns twice x's channels (dim 1): its prediction, then
+        improved-diffusion's variance value in [-1, 1], answered as the weight ``v = (value + 1) / 2``."""
         x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
         net_in = network_input(x, x_in, read_after=self.parameterization in ("x0", "v"))
         out = self.net(net_in, t) if y is None else self.net(net_in, t, y)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
+        want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learned_variance and x.ndim > 1 else tuple(x.shape)
+        if not isinstance(out, Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the network returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
-        return to_eps(out, x_in, m_t, sigma_t, self.parameterization)
+            what = "twice its input's channels (prediction, then variance)" if self.learned_variance else \
+                "a tensor shaped like its input"
+            raise ValueError(f"the network returned {got}, expected {what}: {want}")
+        v = None
+        if self.learned_variance:
+            out, value = out.chunk(2, dim=1)
+            v = value.add(1.0).mul_(0.5)
+        return to_eps(out, x_in, m_t, sigma_t, self.parameterization), v
 
     def __repr__(self) -> str:
-        return f"NetworkScoreModel({type(self.net).__name__}, {self.schedule!r}, parameterization={self.parameterization!r}, time={self.time!r})"
+        extra = ", learned_variance=True" if self.learned_variance else ""
+        return (f"NetworkScoreModel({type(self.net).__name__}, {self.schedule!r}, parameterization={self.parameterization!r}, "
+                f"time={self.time!r}{extra})")
 
 
 class NetworkClassifier:
@@ -508,6 +541,21 @@ class ModelTransform(ScoreModel):
     def sigma_max_source(self) -> str:
         return getattr(self.model, "sigma_max_source", "the wrapped model's sigma_range")
 
+    @property
+    def learned_variance(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.model, "learned_variance", False))
+
+    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+        return self.eps_and_variance(x, sigma, m, y)[0]
+
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """A transform changes eps and passes the wrapped model's learned variance on unchanged (guidance moves the
+        mean of a reverse step, not its width); implement this or :meth:`eps`."""
+        if type(self).eps is ModelTransform.eps:
+            raise NotImplementedError(f"{type(self).__name__} implements neither eps nor eps_and_variance")
+        return self.eps(x, sigma, m, y), None
+
     def prepare(self, sigma, m=1.0) -> None:
         """Forwarded to the wrapped model, and to the classifier a guidance transform queries at the same levels."""
         prepare_levels(self.model, sigma, m)
@@ -548,13 +596,15 @@ class X0Hook(ModelTransform):
     def hook_name(self) -> str:
         return getattr(self.hook, "__name__", type(self.hook).__name__)
 
-    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         _require_positive("sigma", sigma, "to apply an x0 hook")
         m_, sigma_ = _col(m, x), _col(sigma, x)
-        x0_hat = (x - sigma_ * self.model.eps(x, sigma, m, y)) / m_
+        eps, v = self.model.eps_and_variance(x, sigma, m, y)
+        x0_hat = (x - sigma_ * eps) / m_
         # metadata only, on every call: a hook that broadcasts, casts or moves x0 would silently change eps
         x0 = check_like(self.hook(x0_hat), x0_hat, f"the x0 hook {self.hook_name}")
-        return (x - m_ * x0) / sigma_
+        return (x - m_ * x0) / sigma_, v
 
 
 def clip_x0(low: float = -1.0, high: float = 1.0) -> Callable[[Tensor], Tensor]:

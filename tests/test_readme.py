@@ -3,7 +3,8 @@
 A reader copies one block, not the page: each block runs alone (its own Python process, in its own empty working
 folder, which is also its TMPDIR), so a block that leans on an import or a variable of an earlier block fails
 here. The blocks run in parallel, as many at a time as there are cores, at most 4 (``SCOREGEN_DOC_JOBS``
-overrides), and each test waits for its own block. Some blocks promise a result: ``CHECKS`` appends assertions on their variables.
+overrides), and each test waits for its own block; under pytest-xdist a block starts when its test does, on that
+test's worker. Some blocks promise a result: ``CHECKS`` appends assertions on their variables.
 """
 
 from __future__ import annotations
@@ -105,20 +106,41 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+class _Futures(dict):
+    """{index in BLOCKS: future of its result}; a block not started yet is started when its test asks for it."""
+
+    def __init__(self, start):
+        super().__init__()
+        self._start = start
+
+    def __missing__(self, k):
+        self[k] = self._start(k)
+        return self[k]
+
+
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
-    """Every selected runnable block started at once on a small pool; {index in BLOCKS: future of its result}."""
-    selected = {item.callspec.params["k"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_block_runs_on_its_own" and item.module is sys.modules[__name__]}
+    """Every selected runnable block started at once on a small pool; {index in BLOCKS: future of its result}.
+
+    Under pytest-xdist a worker runs only some of these tests, and which ones is not known here (session.items lists
+    them all): there each block starts when its test asks for it, and the workers are the parallelism."""
     jobs = int(os.environ.get("SCOREGEN_DOC_JOBS", "0")) or min(4, _cores())
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
-    futures = {}
-    for k, (page, i, block) in enumerate(BLOCKS):
-        if k not in selected or _missing(block):
-            continue
+
+    def start(k):
+        page, i, block = BLOCKS[k]
         checks = "".join(check for (name, marker), check in CHECKS.items() if name == page.name and marker in block)
         source = block + ("\n# the test's checks\n" + checks if checks else "")
-        futures[k] = pool.submit(_run, source, tmp_path_factory.mktemp(f"{page.stem}-{i + 1}"))
+        return pool.submit(_run, source, tmp_path_factory.mktemp(f"{page.stem}-{i + 1}"))
+
+    futures = _Futures(start)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        selected = {item.callspec.params["k"] for item in request.session.items
+                    if getattr(item, "originalname", None) == "test_block_runs_on_its_own"
+                    and item.module is sys.modules[__name__]}
+        for k, (page, i, block) in enumerate(BLOCKS):
+            if k in selected and not _missing(block):
+                futures[k] = start(k)
     yield futures
     for future in futures.values():
         future.cancel()

@@ -187,7 +187,7 @@ def test_nfe_is_the_number_of_network_evaluations(sampler, options, expected):
         ("ddmp", {}, r"unknown sampler 'ddmp'.*'ddim'.*'ddpm'.*'langevin'"),
         ("ddpm", dict(stpes=10), r"'ddpm' has no option\(s\) \['stpes'\].*'steps'"),
         ("langevin", dict(eta=0.5), r"'langevin' has no option\(s\) \['eta'\].*'steps_per_level'"),
-        ("ddpm", dict(variance="sigma"), r"variance must be 'beta_tilde' or 'beta', got 'sigma'"),
+        ("ddpm", dict(variance="sigma"), r"variance must be one of \('beta_tilde', 'beta', 'learned', 'analytic'\), got 'sigma'"),
     ],
 )
 def test_bad_sampler_or_option_is_a_clear_value_error(sampler, options, message):

@@ -188,10 +188,12 @@ class DiffusersUNet(torch.nn.Module):
     class-conditional UNet. With ``timestep="index"`` the label is passed as diffusers' timestep
     (0..T-1); with ``timestep="sigma"`` (NCSN++) the label is a :class:`ContinuousVE` time and the UNet
     receives ``sigma(t)``; :meth:`at_sigma` calls it at sigma directly. Returns the UNet's ``.sample``
-    (B, C, H, W) in ``x``'s dtype; for a learned-variance UNet (2C output channels) the first C.
+    (B, C, H, W) in ``x``'s dtype; for a learned-variance UNet (2C output channels) the first C, or all 2C with
+    ``learned_variance`` (the scheduler's ``variance_type="learned_range"``: the last C are the variance values).
     """
 
-    def __init__(self, unet: torch.nn.Module, timestep: Literal["index", "sigma"], schedule: Schedule):
+    def __init__(self, unet: torch.nn.Module, timestep: Literal["index", "sigma"], schedule: Schedule,
+                 learned_variance: bool = False):
         super().__init__()
         cfg = unet.config
         if timestep not in ("index", "sigma"):
@@ -202,6 +204,10 @@ class DiffusersUNet(torch.nn.Module):
             raise ValueError(f"the UNet has {c_in} input and {c_out} output channels; expected equal counts "
                              "(or twice as many outputs, for a learned variance)")
         self.channels = c_in
+        self.learned_variance = bool(learned_variance)
+        if self.learned_variance and c_out != 2 * c_in:
+            raise ValueError(f"a learned variance needs twice the input channels as outputs; the UNet has {c_out} for "
+                             f"{c_in} inputs")
         size = cfg.sample_size
         if size is None:
             raise ValueError("the UNet's config has no sample_size, so the image shape is unknown")
@@ -222,7 +228,7 @@ class DiffusersUNet(torch.nn.Module):
                              f"got {sorted(set(y.tolist()))}")
         dtype = self.unet.dtype
         out = self.unet(x.to(dtype), timestep, class_labels=y, return_dict=False)[0]
-        return out[:, : self.channels].to(x.dtype)
+        return out.to(x.dtype) if self.learned_variance else out[:, : self.channels].to(x.dtype)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         if self.timestep == "sigma":
@@ -261,24 +267,28 @@ class DiffusersScoreModel(NetworkScoreModel):
         if name in VP_SCHEDULERS and fourier:
             raise ValueError(f"a UNet with time_embedding_type='fourier' takes sigma as its timestep and outputs a score "
                              f"(NCSN++, ScoreSdeVeScheduler); it does not fit {name}'s integer timesteps")
-        net = DiffusersUNet(unet, "sigma" if fourier else "index", schedule)
+        # improved-diffusion's learned range (diffusers' variance_type "learned_range"): the variance channels are kept
+        # and answered as eps_and_variance's weight; other variance types sample with a fixed variance
+        learned = config.get("variance_type") == "learned_range" and int(unet.config.out_channels) == 2 * int(unet.config.in_channels)
+        net = DiffusersUNet(unet, "sigma" if fourier else "index", schedule, learned_variance=learned)
         if time == "fractional" and net.learned_labels:
             raise ValueError("time='fractional' needs a UNet that accepts fractional timesteps; this one has a learned "
                              "(table) time embedding")
-        super().__init__(net, schedule, parameterization, shape=net.shape, time=time or "nearest")
+        super().__init__(net, schedule, parameterization, shape=net.shape, time=time or "nearest", learned_variance=learned)
         self.unet, self.scheduler_class, self.scheduler_config = unet, name, config
         self.x0_hook = x0_hook_from_scheduler(scheduler)
         self.num_classes = net.num_classes
 
-    def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
+    def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
+                         y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """eps at the caller's level; ``x`` (B, C, H, W), ``sigma``/``m`` floats or (B,) tensors, ``y`` (B,) or None."""
         if self.net.timestep != "sigma":
-            return super().eps(x, sigma, m, y)
+            return super().eps_and_variance(x, sigma, m, y)
         # NCSN++: hand the UNet the matched sigma itself (in float64 until the call), not a float32 time label
         x_in, _, m_t, sigma_t = self.levels(x, sigma, m)
         s = torch.as_tensor(sigma_t, dtype=torch.float32, device=x.device).expand(x.shape[0])
         out = self.net.at_sigma(network_input(x, x_in, read_after=False), s, y)
-        return to_eps(out, x_in, m_t, sigma_t, "score")  # a score output: x_in is not read after
+        return to_eps(out, x_in, m_t, sigma_t, "score"), None  # a score output: x_in is not read after
 
     def __repr__(self) -> str:
         return (f"DiffusersScoreModel({type(self.unet).__name__} {self.shape}, {self.scheduler_class}, "

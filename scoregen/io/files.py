@@ -212,3 +212,17 @@ def read_json(path: str | os.PathLike, max_bytes: int, what: str, *, follow_syml
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ValueError(f"{os.fspath(path)}: {what} is not valid JSON ({short(str(e), 200)})") from None
+
+
+#: The environment variable naming scoregen's cache folder (optimised grids, Analytic-DPM's estimates).
+CACHE_ENV = "SCOREGEN_CACHE"
+
+
+def cache_dir(sub: str) -> str:
+    """The cache subfolder ``sub``: ``$SCOREGEN_CACHE/sub``, else ``$XDG_CACHE_HOME/scoregen/sub``, else
+    ``~/.cache/scoregen/sub``."""
+    root = os.environ.get(CACHE_ENV, "").strip()
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        root = os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "scoregen")
+    return os.path.join(root, sub)

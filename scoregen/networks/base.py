@@ -31,6 +31,19 @@ def standard_normal(*shape: int) -> Tensor:
     return t if t.is_meta else t.normal_()
 
 
+def check_learned_variance(learned_variance: object) -> bool:
+    """The ``learned_variance`` constructor argument, checked: a bool (a config may carry anything)."""
+    if not isinstance(learned_variance, bool):
+        raise ValueError(f"learned_variance must be True or False, got {learned_variance!r}")
+    return learned_variance
+
+
+def learned_variance_arg(learned_variance: bool) -> dict:
+    """The config entry for ``learned_variance``: present only when True, so that the config of every other network,
+    and so every checkpoint written before the option existed, stays exactly what it was (resume compares configs)."""
+    return {"learned_variance": True} if learned_variance else {}
+
+
 class ConfigurableNetwork(nn.Module):
     """A network that stores its JSON-able constructor arguments in ``self._args`` and its ``schedule``,
     so that a checkpoint can rebuild it (:meth:`config` / :meth:`from_config`)."""
@@ -65,7 +78,10 @@ class ConfigurableNetwork(nn.Module):
 
 class ScoreNetwork(ConfigurableNetwork):
     """A configurable network whose output is an eps / score / x0 / v prediction (``self.parameterization``)
-    for samples of ``self.shape``."""
+    for samples of ``self.shape``; with ``learned_variance`` also a reverse-step variance value (objective ``hybrid``)."""
+
+    #: True when the output also holds improved-diffusion's variance channels (twice the input's channels, dim 1).
+    learned_variance: bool = False
 
     def score_model(self, time: Literal["nearest", "fractional"] = "fractional") -> NetworkScoreModel:
         """This network as a score model on its own schedule (fractional time: it embeds real-valued labels)."""

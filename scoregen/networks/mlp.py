@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..models import PARAMETERIZATIONS, NetworkClassifier
 from ..schedules import Schedule
-from .base import MAX_BLOCKS, MAX_SIZE, ConfigurableNetwork, ScoreNetwork, standard_normal
+from .base import (MAX_BLOCKS, MAX_SIZE, ConfigurableNetwork, ScoreNetwork, check_learned_variance, learned_variance_arg,
+                   standard_normal)
 from .embedding import sinusoidal_embedding
 
 
@@ -60,27 +61,41 @@ class MLPScoreNet(ScoreNetwork):
 
     With ``num_classes`` it is class-conditional; label ``num_classes`` is the null label (classifier-free
     guidance trains with labels dropped to it), also used when no label is given. ``score_model()`` makes it a :class:`~scoregen.ScoreModel`.
+
+    ``learned_variance=True`` (Nichol & Dhariwal 2021; objective ``hybrid``) doubles the output to (B, 2 dim): the
+    prediction, then improved-diffusion's variance value in [-1, 1] per dimension (``v = (value + 1) / 2``,
+    :meth:`~scoregen.ScoreModel.eps_and_variance`). The variance half of the last layer starts at zero, so v starts
+    at 1/2, the log-space midpoint of beta_tilde and beta.
     """
 
     def __init__(self, dim: int, schedule: Schedule, parameterization: Literal["eps", "score", "x0", "v"] = "eps",
-                 hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: Optional[int] = None):
+                 hidden: int = 128, depth: int = 3, emb_dim: int = 64, num_classes: Optional[int] = None,
+                 learned_variance: bool = False):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
         dim, hidden, depth, emb_dim = _sizes(dim, hidden, depth, emb_dim)
         if num_classes is not None:
             num_classes = check_int("num_classes", num_classes, 1, MAX_SIZE)
+        self.learned_variance = check_learned_variance(learned_variance)
         self.schedule, self.parameterization, self.shape = schedule, parameterization, (dim,)
         self.num_classes = num_classes
         self._args = dict(dim=dim, parameterization=parameterization, hidden=hidden, depth=depth, emb_dim=emb_dim,
-                          num_classes=num_classes)
-        self.body = _TimeMLP(dim, dim, schedule, hidden, depth, emb_dim, 0 if num_classes is None else num_classes + 1)
+                          num_classes=num_classes, **learned_variance_arg(self.learned_variance))
+        out_dim = 2 * dim if self.learned_variance else dim
+        self.body = _TimeMLP(dim, out_dim, schedule, hidden, depth, emb_dim, 0 if num_classes is None else num_classes + 1)
+        if self.learned_variance:
+            last = self.body.out[1]
+            with torch.no_grad():  # variance value 0 at init: v = 1/2 everywhere
+                last.weight[dim:].zero_()
+                last.bias[dim:].zero_()
 
     @property
     def null_label(self) -> Optional[int]:
         return self.num_classes
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """x: (B, dim); t: (B,) labels; y: (B,) class labels or None -> (B, dim), or (B, 2 dim) with learned variance."""
         return self.body(x, t, y)
 
 

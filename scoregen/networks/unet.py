@@ -12,7 +12,8 @@ Layout, following the paper's reference implementation:
 * up path: at each resolution ``num_res_blocks + 1`` residual blocks, each taking its input concatenated
   (along channels) with one skip connection, with attention as on the way down, then nearest-neighbour
   2x upsampling and a 3x3 conv, except at the top;
-* GroupNorm -> SiLU -> 3x3 output conv back to ``in_channels``.
+* GroupNorm -> SiLU -> 3x3 output conv back to ``in_channels`` (twice that with ``learned_variance``: the
+  prediction, then improved-diffusion's variance value).
 
 A residual block is ``x + conv(dropout(SiLU(GN(conv(SiLU(GN(x))) + Linear(SiLU(emb))))))`` with a 1x1 conv
 on the shortcut when the channel count changes. Weights are Xavier-uniform, biases zero; the last conv of
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from .._checks import check_int, check_real
 from ..models import PARAMETERIZATIONS
 from ..schedules import DiscreteVP, Schedule
-from .base import MAX_BLOCKS, MAX_SIZE, ScoreNetwork, standard_normal
+from .base import MAX_BLOCKS, MAX_SIZE, ScoreNetwork, check_learned_variance, learned_variance_arg, standard_normal
 from .embedding import sinusoidal_embedding
 from .mlp import _time_scale
 
@@ -130,7 +131,8 @@ class _Up(nn.Module):
 
 
 class UNet(ScoreNetwork):
-    """The DDPM U-Net: ``net(x, t[, y])`` with x of shape (B, in_channels, H, W) -> same shape.
+    """The DDPM U-Net: ``net(x, t[, y])`` with x of shape (B, in_channels, H, W) -> same shape (twice the channels with
+    ``learned_variance``).
 
     Args:
         image_size: side of the square training images; must be divisible by ``2 ** (len(channel_mult) - 1)``
@@ -149,6 +151,9 @@ class UNet(ScoreNetwork):
         num_classes: classes for conditioning, or None. Labels are 0..num_classes - 1, and ``num_classes``
             is the null label (classifier-free guidance trains with labels dropped to it).
         groups: GroupNorm groups; every channel count must be divisible by it.
+        learned_variance: output ``2 * in_channels`` channels (Nichol & Dhariwal 2021; objective ``hybrid``):
+            the prediction, then improved-diffusion's variance value in [-1, 1] (``v = (value + 1) / 2``). The
+            output conv starts at zero, so v starts at 1/2, the log-space midpoint of beta_tilde and beta.
 
     ``forward(x, t, y=None)``: t of shape (B,) (or a scalar), real-valued labels in the schedule's
     convention, scaled to ~[0, 1000] before the embedding; y of shape (B,) (or a scalar) of integer labels.
@@ -169,6 +174,7 @@ class UNet(ScoreNetwork):
         dropout: float = 0.1,
         num_classes: Optional[int] = None,
         groups: int = 32,
+        learned_variance: bool = False,
     ):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
@@ -211,13 +217,14 @@ class UNet(ScoreNetwork):
                 f"{len(mult)} resolutions the feature maps are {resolutions}"
             )
 
+        self.learned_variance = check_learned_variance(learned_variance)
         self.schedule, self.parameterization = schedule, parameterization
         self.shape = (in_channels, image_size, image_size)
         self.num_classes = num_classes
         self._args = dict(
             image_size=image_size, in_channels=in_channels, parameterization=parameterization, base_channels=base,
             channel_mult=list(mult), num_res_blocks=num_res_blocks, attention_resolutions=list(attn_res),
-            dropout=dropout, num_classes=num_classes, groups=groups,
+            dropout=dropout, num_classes=num_classes, groups=groups, **learned_variance_arg(self.learned_variance),
         )
         self.time_scale, self.base_channels = _time_scale(schedule), base
         emb = 4 * base
@@ -245,29 +252,30 @@ class UNet(ScoreNetwork):
             if level != 0:
                 self.up.append(_Up(ch))
         assert not skips
-        self.norm_out, self.conv_out = _norm(ch, groups), _conv(ch, in_channels, zero=True)
+        out_channels = 2 * in_channels if self.learned_variance else in_channels
+        self.norm_out, self.conv_out = _norm(ch, groups), _conv(ch, out_channels, zero=True)
 
     # ---------------------------------------------------------------- presets
     @classmethod
     def cifar10(cls, schedule: Optional[Schedule] = None, *, parameterization: Literal["eps", "score", "x0", "v"] = "eps",
-                num_classes: Optional[int] = None, dropout: float = 0.1) -> "UNet":
+                num_classes: Optional[int] = None, dropout: float = 0.1, learned_variance: bool = False) -> "UNet":
         """The paper's CIFAR-10 network (35.7M parameters): 32x32x3, 128 channels, multipliers (1, 2, 2, 2),
         2 residual blocks per resolution, attention at 16x16, dropout 0.1. Default schedule: DDPM's linear
         betas, T = 1000."""
         return cls(32, 3, schedule if schedule is not None else DiscreteVP.linear(), parameterization,
                    base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-                   dropout=dropout, num_classes=num_classes, groups=32)
+                   dropout=dropout, num_classes=num_classes, groups=32, learned_variance=learned_variance)
 
     @classmethod
     def tiny(cls, image_size: int = 8, in_channels: int = 1, schedule: Optional[Schedule] = None,
              num_classes: Optional[int] = None, *, parameterization: Literal["eps", "score", "x0", "v"] = "eps",
-             dropout: float = 0.1) -> "UNet":
+             dropout: float = 0.1, learned_variance: bool = False) -> "UNet":
         """A small U-Net for 8x8 digits (0.70M parameters): 32 channels, multipliers (1, 2), 1 residual
         block per resolution, attention at the lower resolution (4x4 for 8x8 images), 8 GroupNorm groups.
         Default schedule: DDPM's linear betas, T = 1000."""
         return cls(image_size, in_channels, schedule if schedule is not None else DiscreteVP.linear(), parameterization,
                    base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(image_size // 2,),
-                   dropout=dropout, num_classes=num_classes, groups=8)
+                   dropout=dropout, num_classes=num_classes, groups=8, learned_variance=learned_variance)
 
     # ---------------------------------------------------------------- interface
     @property
@@ -306,7 +314,8 @@ class UNet(ScoreNetwork):
         return emb + self.label_embed(y)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """x: (B, in_channels, H, W); t: (B,) time labels; y: (B,) class labels or None -> (B, in_channels, H, W)."""
+        """x: (B, in_channels, H, W); t: (B,) time labels; y: (B,) class labels or None -> (B, in_channels, H, W),
+        or (B, 2 in_channels, H, W) with learned variance."""
         factor = 2 ** (len(self._args["channel_mult"]) - 1)
         if x.ndim != 4 or x.shape[1] != self.shape[0] or x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(

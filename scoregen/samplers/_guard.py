@@ -75,15 +75,19 @@ class Guarded(ModelTransform):
     def x0(self, x, sigma, m=1.0, y=None):
         return self._evaluate("x0", x, sigma, m, y)
 
-    def _evaluate(self, method: str, x: Tensor, sigma: Level, m: Level, y: Optional[Tensor]) -> Tensor:
+    def eps_and_variance(self, x, sigma, m=1.0, y=None):
+        return self._evaluate("eps_and_variance", x, sigma, m, y)
+
+    def _evaluate(self, method: str, x: Tensor, sigma: Level, m: Level, y: Optional[Tensor]):
         self.nfe += 1
         # the state is updated in place: a model that does not promise to leave its input alone gets a copy
         out = getattr(self.model, method)(x if self._protected else x.clone(), sigma, m, y)
+        answer = out[0] if method == "eps_and_variance" else out  # (eps, learned variance weight or None)
         if self.nfe == 1:
-            check_like(out, x, f"{self.name}.{method}")
+            check_like(answer, x, f"{self.name}.{method}")
         if self._bad_x is not None and x.shape == self._bad_x.shape and x.dtype == self._bad_x.dtype:
-            self._flag(out, method, x, sigma, m, y)
-        elif not _finite(out):
+            self._flag(answer, method, x, sigma, m, y)
+        elif not _finite(answer):
             self.finish()  # a flagged earlier evaluation is the first to report
             raise self._diagnose(self.nfe, method, x, sigma, m, y)
         return out
@@ -163,6 +167,10 @@ class _Probe:
     def x0(self, *args, **kwargs):
         return self._watch(self.model.x0(*args, **kwargs))
 
+    def eps_and_variance(self, *args, **kwargs):
+        eps, v = self.model.eps_and_variance(*args, **kwargs)
+        return self._watch(eps), v
+
 
 def _probed(layer: ScoreModel) -> tuple[ScoreModel, list[_Probe]]:
     """A copy of the stack from ``layer`` down with a :class:`_Probe` as every transform's inner model, and the
@@ -186,6 +194,7 @@ def _blame(top: ScoreModel, method: str, x: Tensor, sigma: Level, m: Level, y: O
     try:
         twin, probes = _probed(top)
         out = getattr(twin, method)(x, sigma, m, y)
+        out = out[0] if method == "eps_and_variance" else out
     except Exception as e:  # noqa: BLE001  reported, not hidden: the message says what re-evaluating raised
         return f"re-evaluating the model stack on that input raised {type(e).__name__}: {e}"
     for probe in reversed(probes):

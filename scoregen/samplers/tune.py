@@ -58,8 +58,7 @@ from .grids import StepGrid, step_grid, ve_to_model
 __all__ = ["TunedGrid", "tune_grid", "optimized_grid", "save_grid", "load_grid", "model_fingerprint", "grid_cache_dir",
            "reference_endpoints", "endpoint_rmse", "CACHE_ENV", "METHOD_VERSION"]
 
-#: The environment variable naming scoregen's cache folder; optimised grids go to its ``grids`` subfolder.
-CACHE_ENV = "SCOREGEN_CACHE"
+from ..io.files import CACHE_ENV  # noqa: E402  scoregen's cache folder; optimised grids go to its ``grids`` subfolder
 #: Bumped whenever the search changes what it finds: part of every cache key, so an old cache is not reused.
 METHOD_VERSION = 1
 #: Initial noises the search fits the grid on (and as many again it checks the grid on): exact targets, networks.
@@ -104,11 +103,13 @@ def _tuned(sigmas: Sequence[float], variance_preserving: bool, spacing: str, sol
 
 # --------------------------------------------------------------------------------------------- the model
 def _unwrap(model: Any, hooks: bool = True) -> Any:
-    """The model without :func:`scoregen.sample`'s guard, and with ``hooks`` without its x0 hooks: the model a cached
-    grid is fitted to (the grid discretises the model's own ODE; a hook that clips x0_hat is not part of the fit)."""
+    """The model without :func:`scoregen.sample`'s guard and :func:`scoregen.analytic_variance`'s wrapper (neither
+    changes eps), and with ``hooks`` without its x0 hooks: the model a cached grid is fitted to (the grid discretises
+    the model's own ODE; a hook that clips x0_hat is not part of the fit)."""
+    from ..variance import AnalyticVariance
     from ._guard import Guarded
 
-    while isinstance(model, (Guarded, X0Hook) if hooks else Guarded):
+    while isinstance(model, (Guarded, AnalyticVariance, X0Hook) if hooks else (Guarded, AnalyticVariance)):
         model = model.model
     return model
 
@@ -608,11 +609,8 @@ def load_grid(path: Union[str, os.PathLike], model=None) -> TunedGrid:
 def grid_cache_dir() -> str:
     """Where :func:`optimized_grid` keeps its grids: ``$SCOREGEN_CACHE/grids``, else ``$XDG_CACHE_HOME/scoregen/grids``,
     else ``~/.cache/scoregen/grids``."""
-    root = os.environ.get(CACHE_ENV, "").strip()
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-        root = os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "scoregen")
-    return os.path.join(root, "grids")
+    from ..io import cache_dir
+    return cache_dir("grids")
 
 
 def _cache_path(directory: str, fingerprint: str, solver: str, steps: int, options: dict) -> str:

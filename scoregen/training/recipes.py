@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import DiscreteVE, DiscreteVP, ncsnv2_levels, ncsnv2_sigma_max
+from .trainer import OBJECTIVES
 
 __all__ = ["ncsn_schedule", "default_network", "heldout_training"]
 
@@ -23,11 +24,12 @@ def ncsn_schedule(x: Tensor, sigma_min: float = 0.01, max_points: int = 2000) ->
 def default_network(x: Tensor, objective: str, num_classes: int | None = None, conditional: bool = False) -> nn.Module:
     """The network ``scoregen train`` uses: MLPs for vectors (N, d); for images (N, C, H, W) the tiny DDPM
     U-Net or NCSNv2, and an MLP classifier on the flattened pixels. ``conditional`` makes a score network class-conditional (classifier-free guidance).
+    ``hybrid``: the ``ddpm`` network with learned variance channels (Nichol & Dhariwal 2021).
     ``judge``: a clean-image :class:`~scoregen.networks.CNNClassifier` (images only)."""
     from ..networks import CNNClassifier, MLPClassifier, MLPScoreNet
 
-    if objective not in ("ddpm", "ncsn", "classifier", "judge"):
-        raise ValueError(f"objective must be 'ddpm', 'ncsn', 'classifier' or 'judge', got {objective!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {objective!r}")
     if objective == "judge":
         if conditional:
             raise ValueError("--conditional makes a score network class-conditional; objective 'judge' trains a classifier")
@@ -40,22 +42,23 @@ def default_network(x: Tensor, objective: str, num_classes: int | None = None, c
     if (objective == "classifier" or conditional) and not num_classes:
         raise ValueError(f"objective {objective!r}{' with --conditional' if conditional else ''} needs labelled data")
     classes = num_classes if conditional else None
+    learned = {"learned_variance": True} if objective == "hybrid" else {}  # otherwise the ddpm network
     schedule = ncsn_schedule(x) if objective == "ncsn" else DiscreteVP.linear()
     if x.ndim == 2:
         d = x.shape[1]
         if objective == "classifier":
             return MLPClassifier(d, num_classes, schedule)
-        return MLPScoreNet(d, schedule, "score" if objective == "ncsn" else "eps", num_classes=classes)
+        return MLPScoreNet(d, schedule, "score" if objective == "ncsn" else "eps", num_classes=classes, **learned)
     if x.ndim == 4:
         from ..networks import NETWORKS
 
         if objective == "classifier":  # small images: an MLP on the flattened pixels
             return MLPClassifier(x[0].numel(), num_classes, schedule, hidden=256)
-        name = {"ddpm": "UNet", "ncsn": "NCSNv2"}[objective]
+        name = {"ddpm": "UNet", "hybrid": "UNet", "ncsn": "NCSNv2"}[objective]
         if name not in NETWORKS:
             raise ValueError(f"no image network for objective {objective!r} yet ({name})")
         # scoregen's image data lies in [-1, 1]: NCSNv2 takes it as is (centered) rather than from [0, 1]
-        kwargs = {"num_classes": classes} if objective == "ddpm" else {"centered": True}
+        kwargs = {"num_classes": classes, **learned} if objective in ("ddpm", "hybrid") else {"centered": True}
         return NETWORKS[name].tiny(image_size=x.shape[-1], in_channels=x.shape[1], schedule=schedule, **kwargs)
     raise ValueError(f"data of shape {tuple(x.shape)}: expected vectors (N, d) or images (N, C, H, W)")
 

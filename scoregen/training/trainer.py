@@ -18,22 +18,32 @@ from .._progress import progress as progress_bar
 from ..io import checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
 from ..io.checkpoints import CONFIG_NAME, load_weights
 from ..memory import activation_bytes, available_memory, format_bytes
-from .objectives import classifier_loss, ddpm_loss, drop_labels, judge_loss, ncsn_loss
+from .objectives import (check_hybrid_network, classifier_loss, ddpm_loss, drop_labels, hybrid_loss, judge_loss,
+                         ncsn_loss)
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "train", "OBJECTIVES"]
+
+#: What :class:`TrainConfig` can train (``scoregen train --objective``).
+OBJECTIVES = ("ddpm", "hybrid", "ncsn", "classifier", "judge")
 
 
 @dataclass
 class TrainConfig:
     """Everything that determines a training run besides the network and the data.
 
-    objective: ``ddpm`` (L_simple on a DiscreteVP network), ``ncsn`` (denoising score matching on a
-    DiscreteVE network), ``classifier`` (cross-entropy on noised inputs) or ``judge`` (cross-entropy of a clean-image
-    classifier on randomly shifted clean images, :func:`~scoregen.training.judge_loss`). ``label_dropout`` > 0 trains a
-    class-conditional network for classifier-free guidance (labels dropped to its null label).
+    objective: ``ddpm`` (L_simple on a DiscreteVP network), ``hybrid`` (Nichol & Dhariwal's L_simple + 0.001 L_vlb on
+    a DiscreteVP eps network with learned variance channels, :func:`~scoregen.training.hybrid_loss`), ``ncsn``
+    (denoising score matching on a DiscreteVE network), ``classifier`` (cross-entropy on noised inputs) or ``judge``
+    (cross-entropy of a clean-image classifier on randomly shifted clean images, :func:`~scoregen.training.judge_loss`).
+    ``label_dropout`` > 0 trains a class-conditional network for classifier-free guidance (labels dropped to its null
+    label).
+
+    bins (``hybrid`` only): the number of evenly spaced values the data takes in [-1, 1] (17 for the digits, 256 for
+    8-bit images): the bound's decoder term is then Ho et al.'s discretised Gaussian; None (default): a Gaussian
+    density, for continuous data. Data not on those values is refused at the first step.
     """
 
-    objective: Literal["ddpm", "ncsn", "classifier", "judge"]
+    objective: Literal["ddpm", "hybrid", "ncsn", "classifier", "judge"]
     steps: int
     batch_size: int = 128
     lr: float = 2e-4
@@ -44,10 +54,11 @@ class TrainConfig:
     checkpoint_every: int = 1000
     label_dropout: float = 0.0
     seed: int = 0
+    bins: Optional[int] = None
 
     def __post_init__(self):
-        if self.objective not in ("ddpm", "ncsn", "classifier", "judge"):
-            raise ValueError(f"objective must be 'ddpm', 'ncsn', 'classifier' or 'judge', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {self.objective!r}")
         # As plain int / float: a numpy number would not survive json.dump into the checkpoint.
         self.steps = check_int("TrainConfig.steps", self.steps)
         self.batch_size = check_int("TrainConfig.batch_size", self.batch_size)
@@ -59,6 +70,11 @@ class TrainConfig:
         self.grad_clip = check_real("TrainConfig.grad_clip", self.grad_clip, 0.0, lo_open=True)
         self.ema_decay = check_real("TrainConfig.ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
         self.label_dropout = check_real("TrainConfig.label_dropout", self.label_dropout, 0.0, 1.0, hi_open=True)
+        if self.bins is not None:
+            if self.objective != "hybrid":
+                raise ValueError(f"TrainConfig.bins sets the decoder of the hybrid objective's bound; objective "
+                                 f"{self.objective!r} has none: leave bins=None")
+            self.bins = check_int("TrainConfig.bins (the number of data values, >= 2)", self.bins, 2)
 
 
 def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[Tensor], torch.Generator], Tensor]:
@@ -72,7 +88,14 @@ def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[
         if clean:
             return lambda x0, y, g: judge_loss(net, x0, _need_labels(y), g)
         return lambda x0, y, g: classifier_loss(net, net.schedule, x0, _need_labels(y), g)
-    loss = ddpm_loss if config.objective == "ddpm" else ncsn_loss
+    if config.objective == "hybrid":
+        check_hybrid_network(net)  # before the memory probe: the reason, not a shape error
+        loss = lambda n, x0, **kw: hybrid_loss(n, x0, bins=config.bins, **kw)  # noqa: E731
+    elif getattr(net, "learned_variance", False):
+        raise ValueError(f"objective {config.objective!r} does not train variance channels; this network has them "
+                         "(learned_variance=True): use objective 'hybrid'")
+    else:
+        loss = ddpm_loss if config.objective == "ddpm" else ncsn_loss
     conditional = getattr(net, "num_classes", None) is not None
     if config.label_dropout and not conditional:
         raise ValueError("label_dropout trains classifier-free guidance: it needs a class-conditional network (num_classes=...)")
@@ -89,6 +112,8 @@ def _loss_fn(config: TrainConfig, net: nn.Module) -> Callable[[Tensor, Optional[
 
 
 _EXTENDABLE = ("steps", "checkpoint_every")
+#: TrainConfig fields added after checkpoints were written without them, with the value such a checkpoint trained with.
+_ADDED_FIELDS = {"bins": None}
 
 
 def _as_json(value):
@@ -326,6 +351,8 @@ def _resume(out: str, net: nn.Module, ema: nn.Module, config: TrainConfig, finge
                          f"({ckpt['network']['class']} {ckpt['network']['config']}) than the one given")
     before, now = ckpt["meta"].get("train"), _as_json(asdict(config))
     before = dict(before) if isinstance(before, dict) else {}
+    for key, value in _ADDED_FIELDS.items():  # an older checkpoint trained with today's default
+        before.setdefault(key, value)
     for key in _EXTENDABLE:  # more steps or other checkpoint spacing leave the trajectory unchanged
         before.pop(key, None), now.pop(key, None)
     if before != now:

@@ -1,0 +1,81 @@
+"""What :func:`~scoregen.likelihood.vlb` and :func:`~scoregen.likelihood.ode_nll` return with ``details=True``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["NLLResult"]
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class NLLResult:
+    """Per-sample negative log-likelihoods (or bounds on them) and where they come from.
+
+    Attributes:
+        nats: (B,) float64: ``-log p(x0)`` of each whole sample, in nats (for discrete data the probability of the
+            sample's values, so a bound on the data's negative log-likelihood; for continuous data a density).
+        dims: D, the number of dimensions of one sample.
+        method: ``"vlb"`` or ``"ode"``.
+        terms: the parts of ``nats``, each (B,) or (B, K), summing to it. vlb: ``prior`` (L_T), ``steps`` (B, K - 1)
+            (the reverse steps' KLs, noisiest first) and ``decoder`` (L_0); ode: ``prior`` (the Gaussian at the
+            noisiest level), ``divergence`` (minus the integral of the divergence) and ``dequantization``.
+        t: vlb: the model's time label of the upper level of each step term (the decoder's last), noisiest first.
+        nfe: network evaluations per sample (vlb: one per level; ode: the solver's evaluations, each with its
+            divergence's backward passes).
+        info: the settings (variance, bins, tolerances, probes, levels, seed).
+    """
+
+    nats: Tensor
+    dims: int
+    method: str
+    terms: dict = field(default_factory=dict)
+    t: Optional[np.ndarray] = None
+    nfe: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def bits_per_dim(self) -> Tensor:
+        """(B,): ``nats / (D ln 2)``."""
+        return self.nats / (self.dims * LN2)
+
+    def mean(self, unit: str = "bpd") -> float:
+        """The mean over samples, in ``"bpd"`` (bits per dimension) or ``"nats"`` (per sample)."""
+        return float(self._values(unit).mean())
+
+    def sem(self, unit: str = "bpd") -> float:
+        """The standard error of :meth:`mean`: the samples' standard deviation / sqrt(B) (0 for one sample). It
+        includes the estimator's own noise (the bound's noise draws, Hutchinson's probes)."""
+        v = self._values(unit)
+        return float(v.std(unbiased=True) / math.sqrt(v.numel())) if v.numel() > 1 else 0.0
+
+    def term_bpd(self) -> dict:
+        """Each term's mean over samples in bits per dimension; ``steps`` as a (K - 1,) array."""
+        scale = 1.0 / (self.dims * LN2)
+        return {k: (v.double().mean(0) * scale).cpu().numpy() if v.ndim > 1 else float(v.double().mean()) * scale
+                for k, v in self.terms.items()}
+
+    def _values(self, unit: str) -> Tensor:
+        if unit not in ("bpd", "nats"):
+            raise ValueError(f"unit must be 'bpd' or 'nats', got {unit!r}")
+        return (self.bits_per_dim if unit == "bpd" else self.nats).double()
+
+    def summary(self) -> str:
+        """One line: the mean with its standard error in bits/dim and nats, and the sample count."""
+        return (f"{self.method}: {self.mean():.4f} +- {self.sem():.4f} bits/dim ({self.mean('nats'):.3f} +- "
+                f"{self.sem('nats'):.3f} nats per sample of {self.dims} dims; {self.nats.numel()} samples, "
+                f"{self.nfe} NFE each)")
+
+    def to_dict(self) -> dict:
+        """JSON-able: the summary statistics, each term's mean in bits/dim and the settings (not the per-sample values)."""
+        terms = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.term_bpd().items()}
+        return {"method": self.method, "bits_per_dim": self.mean(), "sem_bits_per_dim": self.sem(),
+                "nats": self.mean("nats"), "sem_nats": self.sem("nats"), "samples": int(self.nats.numel()),
+                "dims": self.dims, "nfe": self.nfe, "terms_bits_per_dim": terms,
+                "t": None if self.t is None else np.asarray(self.t).tolist(), "info": self.info}
