@@ -335,13 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vlb: how a --steps chain is spaced (default: trained)")
     nl.add_argument("--timesteps", type=_timesteps_arg, help="vlb: the chain's levels in the model's time labels, or "
                                                              "respace:ddim25 (default: --steps and --spacing)")
-    nl.add_argument("--rtol", type=_finite_float, default=1e-5, help="ode: relative tolerance")
-    nl.add_argument("--atol", type=_finite_float, default=1e-5, help="ode: absolute tolerance")
-    nl.add_argument("--divergence", choices=["auto", "exact", "hutchinson"], default="auto",
-                    help="ode: the divergence, exact (a backward pass per dimension) or Hutchinson's estimate (auto: "
-                         "exact up to 32 dimensions)")
-    nl.add_argument("--probe", choices=["rademacher", "gaussian"], default="rademacher", help="ode: Hutchinson's probes")
-    nl.add_argument("--probes", type=_positive_int, default=1, help="ode: Hutchinson probes per sample")
+    nl.add_argument("--rtol", type=_finite_float, help="ode: relative tolerance (default: 1e-5)")
+    nl.add_argument("--atol", type=_finite_float, help="ode: absolute tolerance (default: 1e-5)")
+    nl.add_argument("--divergence", choices=["auto", "exact", "hutchinson"],
+                    help="ode: the divergence, exact (a backward pass per dimension) or Hutchinson's estimate (default: "
+                         "auto, exact up to 32 dimensions)")
+    nl.add_argument("--probe", choices=["rademacher", "gaussian"], help="ode: Hutchinson's probes (default: rademacher)")
+    nl.add_argument("--probes", type=_positive_int, help="ode: Hutchinson probes per sample (default: 1)")
+    nl.add_argument("--data-range", type=_data_range_arg, help="LO,HI: the range the --bins values span (default: the "
+                                                               "data's: [-1, 1] for images and digits, else observed)")
     nl.add_argument("--seed", type=_seed, default=0, help="seeds the subset, the noise draws and the probes")
     nl.add_argument("--batch-size", type=_positive_int, default=256, help="samples evaluated together")
     nl.add_argument("--plot", help="vlb: write a plot of the bound's terms L_t against t to this PNG (default: no plot)")
@@ -452,6 +454,10 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                ("--spacing", args.spacing), ("--timesteps", args.timesteps), ("--plot", args.plot)) if v]
     if args.method == "ode" and vlb_only:
         parser.error(f"{', '.join(vlb_only)} apply to --method vlb")
+    ode_options = {k: getattr(args, k) for k in ("rtol", "atol", "divergence", "probe", "probes")
+                   if getattr(args, k) is not None}
+    if args.method == "vlb" and ode_options:
+        parser.error(f"{', '.join('--' + k for k in ode_options)} apply to --method ode")
     for flag, path, suffix in (("--plot", args.plot, ".png"), ("--out", args.out, ".json")):
         if path is not None:
             _check_output(parser, flag, path, suffix)
@@ -493,20 +499,21 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if spec is not None:
         data = load_data(spec, seed=args.seed)
         pick = torch.randperm(len(data), generator=g)[: args.n or 512]
-        x, data_range = data.x[pick], tuple(data.value_range)
+        x, data_range = data.x[pick], args.data_range or tuple(data.value_range)
         if getattr(getattr(model, "net", None), "num_classes", None) is not None:  # p(x | y): the data's own labels
             if data.y is None:
                 parser.error(f"{name} is class-conditional; the data {spec} has no labels")
             labels = data.y[pick]
-        source = f"{len(pick)} of the {len(data)} points of {spec} (a random subset, seed {args.seed})"
+        source = f"{len(pick)} of the {len(data)} points of {spec} (a random subset, seed {args.seed})" + \
+            ("; conditional on each point's label: -log p(x | y)" if labels is not None else "")
         bins = args.bins if args.bins is not None else (_data_bins(spec) or 0)
     else:
         bins = args.bins or 0
     bins = bins or None
-    if args.variance == "analytic":
+    if args.variance == "analytic":  # Gamma on the whole data set (--data), the labels too for a conditional model
         model = analytic_variance(model, data.x if spec is not None else target.sample(4096, generator=g),
-                                  data_range=data_range if spec is not None else "auto",
-                                  progress=False if args.no_progress else None)
+                                  data_range=data_range if spec is not None else "auto", seed=args.seed,
+                                  y=data.y if labels is not None else None, progress=False if args.no_progress else None)
     progress = False if args.no_progress else None
     start = time.perf_counter()
     if args.method == "vlb":
@@ -515,9 +522,8 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      progress=progress, details=True)
         how = f"variance {args.variance}, {result.info['grid']}"
     else:
-        result = ode_nll(model, x, rtol=args.rtol, atol=args.atol, divergence=args.divergence, probe=args.probe,
-                         probes=args.probes, bins=bins, data_range=data_range, y=labels, seed=args.seed,
-                         batch_size=args.batch_size, progress=progress, details=True)
+        result = ode_nll(model, x, bins=bins, data_range=data_range, y=labels, seed=args.seed,
+                         batch_size=args.batch_size, progress=progress, details=True, **ode_options)
         info = result.info
         how = f"{info['method']} rtol {info['rtol']:g} atol {info['atol']:g}, {info['divergence']} divergence" + \
               (f" ({info['probes']} {info['probe']} probe(s))" if info["probe"] else "")
@@ -558,7 +564,8 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
     if args.checkpoint is None:
         target = load_target(args.target or "ring2d")
-        model = _analytic(args, target, lambda: (target.sample(4096, generator=torch.Generator().manual_seed(0)), "auto"))
+        model = _analytic(args, target, lambda: (target.sample(4096, generator=torch.Generator().manual_seed(args.seed)),
+                                                 "auto", None))
         if args.label is not None:
             if not 0 <= args.label < target.num_classes:
                 parser.error(f"--label must be a class of {target.name}: 0..{target.num_classes - 1}, got {args.label}")
@@ -571,7 +578,8 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
                          "model: it judges samples, and can neither sample nor guide")
         parser.error(f"{args.checkpoint} holds a classifier, not a score model; pass it as --classifier")
     value_range = _value_range(config, args.checkpoint)
-    model = _analytic(args, net.score_model(), lambda: _training_data(config, args.checkpoint, parser))
+    model = _analytic(args, net.score_model(), lambda: _training_data(config, args.checkpoint, parser,
+                                                                        getattr(net, "num_classes", None) is not None))
     if args.label is not None:
         classes = getattr(net, "num_classes", None)
         if args.classifier:
@@ -601,6 +609,17 @@ def _is_diffusers_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "scheduler_config.json"))
 
 
+def _data_range_arg(value: str) -> tuple[float, float]:
+    """``LO,HI`` with LO < HI, both finite."""
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"expected finite LO < HI, got {value!r}")
+    return lo, hi
+
+
 def _data_bins(spec: str) -> Optional[int]:
     """How many evenly spaced values a data source takes per dimension: the digits' 17 grey levels, an image folder's
     256; None (continuous) for mixtures and arrays."""
@@ -608,18 +627,20 @@ def _data_bins(spec: str) -> Optional[int]:
 
 
 def _analytic(args: argparse.Namespace, model, data):
-    """``model`` wrapped for ``--variance analytic`` (its mean squared eps estimated on ``data()``: (x, data range)),
-    else ``model`` itself."""
+    """``model`` wrapped for ``--variance analytic`` (its mean squared eps estimated on ``data()``: (x, data range,
+    labels or None)), else ``model`` itself."""
     if getattr(args, "variance", None) != "analytic":
         return model
     from .variance import analytic_variance
 
-    x, data_range = data()
-    return analytic_variance(model, x, data_range=data_range, progress=False if args.no_progress else None)
+    x, data_range, y = data()
+    return analytic_variance(model, x, data_range=data_range, y=y, seed=args.seed,
+                             progress=False if args.no_progress else None)
 
 
-def _training_data(config: dict, checkpoint: str, parser: argparse.ArgumentParser):
-    """(x, value range) of the data a checkpoint was trained on (``meta.data.spec``), for Analytic-DPM's estimate."""
+def _training_data(config: dict, checkpoint: str, parser: argparse.ArgumentParser, conditional: bool):
+    """(x, value range, labels for a ``conditional`` model or None) of the data a checkpoint was trained on
+    (``meta.data.spec``), for Analytic-DPM's estimate."""
     from .data import load_data
 
     meta = config["meta"].get("data")
@@ -628,7 +649,9 @@ def _training_data(config: dict, checkpoint: str, parser: argparse.ArgumentParse
         parser.error(f"--variance analytic estimates the model's mean squared eps on its training data, but {checkpoint} "
                      "does not record it (meta.data.spec)")
     data = load_data(spec)
-    return data.x, tuple(data.value_range)
+    if conditional and data.y is None:
+        parser.error(f"{checkpoint} is class-conditional, but its training data {spec} has no labels")
+    return data.x, tuple(data.value_range), data.y if conditional else None
 
 
 def _value_range(config: dict, checkpoint: str) -> Optional[tuple[float, float]]:

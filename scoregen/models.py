@@ -543,7 +543,9 @@ class ModelTransform(ScoreModel):
 
     @property
     def learned_variance(self) -> bool:  # type: ignore[override]
-        return bool(getattr(self.model, "learned_variance", False))
+        """The wrapped model's, when this transform passes it on (implements :meth:`eps_and_variance`)."""
+        passes_on = type(self).eps_and_variance is not ModelTransform.eps_and_variance
+        return passes_on and bool(getattr(self.model, "learned_variance", False))
 
     def eps(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         return self.eps_and_variance(x, sigma, m, y)[0]

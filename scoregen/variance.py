@@ -111,19 +111,32 @@ def step_variance(kind: str, k: Kernel, *, v: Optional[Tensor] = None, gamma: Op
     if kind == "analytic":
         if gamma is None:
             raise ValueError(_NO_ANALYTIC)
+        if not math.isfinite(gamma):
+            raise ValueError(f"the estimate of E||eps||^2 / D is {gamma}: the model returned NaN or inf on the data")
         x0_err = k.err * max(1.0 - gamma, 0.0)  # E||x0 - x0_hat||^2 / D >= 0 (Gamma <= 1)
         if x0_bound is not None:
             x0_err = min(x0_err, x0_bound**2)  # bounded data: Analytic-DPM's Theorem 2
-        return k.beta_tilde + k.b**2 * x0_err
+        # the decoder step's beta_tilde is 0: where the data is recovered exactly (Gamma = 1) its width would be 0 and
+        # the bound infinite, so it keeps the clipped width as its floor (the other steps' floor is beta_tilde itself)
+        return max(k.beta_tilde + k.b**2 * x0_err, k.beta_tilde_clipped)
     raise ValueError(f"unknown variance {kind!r}; expected one of {VARIANCES}")
 
 
 # ------------------------------------------------------------------------------------------ Analytic-DPM
+#: Bumped whenever the estimate of Gamma changes: part of the cache key, so an old cache file is not reused.
+ESTIMATOR_VERSION = 2
+
+
 class AnalyticVariance(ModelTransform):
     """``model`` unchanged, plus what ``variance="analytic"`` needs: ``Gamma(s) = E||eps_theta(x0 + s z, s)||^2 / D``
     over the data at VE level ``s`` (:meth:`eps_sq_mean`), estimated on first use from ``n`` data points and one
     noise draw per point (the same ones at every level, so the estimates are smooth in s), kept in memory and,
     with a ``cache_dir``, in a JSON file keyed by the model, the data and the estimator's settings.
+
+    The estimate is ``1 - (mean ||z||^2 - mean ||eps_theta||^2) / D``: the noises' own mean square (1 in expectation)
+    as a control variate. Where the data is nearly recovered (eps_theta close to z) the plain mean of ``||eps||^2``
+    carries the noises' sampling error (sd sqrt(2 / (n D))) into ``1 - Gamma``, which is then often negative; the
+    difference cancels it.
 
     Use :func:`analytic_variance` to build one."""
 
@@ -150,6 +163,7 @@ class AnalyticVariance(ModelTransform):
         self.x0 = data[pick].detach()
         self.y = None if y is None else torch.as_tensor(y)[pick]
         self.z = torch.randn(self.x0.shape, generator=g, dtype=self.x0.dtype).to(self.x0.device)
+        self._z_sq = float(self.z.double().pow(2).mean())  # the control variate: 1 in expectation
         if data_range == "auto":
             data_range = (float(data.min()), float(data.max()))
         self.x0_bound = None if data_range is None else (float(data_range[1]) - float(data_range[0])) / 2.0
@@ -165,12 +179,14 @@ class AnalyticVariance(ModelTransform):
 
     def _cache_file(self, directory: str) -> Optional[str]:
         from .samplers.tune import model_fingerprint
+        if isinstance(self.model, ModelTransform):  # the fingerprint sees through x0 hooks, whose eps differ
+            return None
         try:
             fp = model_fingerprint(self.model)
         except ValueError:
             return None  # a model that cannot be identified is estimated in memory only
         h = hashlib.sha256()
-        for part in (fp, str(self.n), str(self.seed), str(self.x0_bound)):
+        for part in (fp, str(self.n), str(self.seed), str(self.x0_bound), f"estimator={ESTIMATOR_VERSION}"):
             h.update(part.encode() + b"\0")
         for t in (self.x0, self.z) + (() if self.y is None else (self.y,)):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -194,7 +210,7 @@ class AnalyticVariance(ModelTransform):
                         yb = None if self.y is None else self.y[i:i + self.batch_size]
                         eps = self.model.eps(x0 + level * z, level, 1.0, yb)
                         total += float(eps.double().pow(2).sum())
-                    self._gamma[level] = total / (self.x0.shape[0] * D)
+                    self._gamma[level] = 1.0 - (self._z_sq - total / (self.x0.shape[0] * D))
                     bar.update()
             self._save()
         return np.array([self._gamma[v] for v in s])
@@ -205,7 +221,7 @@ class AnalyticVariance(ModelTransform):
         try:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
             with atomic_write(self._path) as f:
-                json.dump({"format": "scoregen-analytic-variance", "version": 1,
+                json.dump({"format": "scoregen-analytic-variance", "version": ESTIMATOR_VERSION,
                            "gamma": {repr(k): v for k, v in sorted(self._gamma.items())}}, f)
         except (OSError, ValueError):
             pass  # the cache is an optimisation: the estimate in memory stands

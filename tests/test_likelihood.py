@@ -20,6 +20,7 @@ from scipy.stats import norm
 
 import scoregen as sg
 from scoregen.likelihood import Bins, NLLResult, discretized_gaussian_nll, gaussian_nll, normal_kl, ode_nll, vlb
+from scoregen.likelihood._inputs import normal, per_sample_draws
 from scoregen.schedules import ContinuousVE, DiscreteVP
 from scoregen.targets import GaussianMixture
 
@@ -121,7 +122,7 @@ def test_ode_nll_dequantized_bounds_the_exact_bin_probability():
 # ------------------------------------------------------------------------------------------ vlb
 def test_vlb_terms_are_the_kls_of_ho_et_al():
     """On a 20-step DDPM chain, each L_{t-1} equals KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) built from eq. 7 and
-    eq. 11 with torch.distributions, at the same noise draws (one per level, noisiest first), and L_0 the
+    eq. 11 with torch.distributions, at the same noise draws (per_sample_draws: one per sample and level), and L_0 the
     discretised decoder; beta_tilde at t = 1 is improved-diffusion's clipped value (beta_tilde_2)."""
     T = 20
     sched = DiscreteVP.linear(T, beta_start=1e-3, beta_end=0.3)
@@ -133,10 +134,9 @@ def test_vlb_terms_are_the_kls_of_ho_et_al():
         assert r.terms["steps"].shape == (8, T - 1) and list(r.t) == list(range(T, 0, -1))
         betas = torch.as_tensor(sched.beta, dtype=torch.float64)
         alphas, abar = 1 - betas, torch.cumprod(1 - betas, 0)
-        g = torch.Generator().manual_seed(4)
         for t in range(T, 0, -1):  # labels T..1; index t - 1
             i = t - 1
-            noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+            noise = per_sample_draws(4, T - t, slice(0, 8), (2,), normal)  # level T - t of the grid, noisiest first
             x_t = abar[i].sqrt() * x0 + (1 - abar[i]).sqrt() * noise
             eps = target.eps(x_t, float((1 - abar[i]).sqrt()), float(abar[i].sqrt()))
             mu_p = (x_t - betas[i] / (1 - abar[i]).sqrt() * eps) / alphas[i].sqrt()  # eq. 11
@@ -171,6 +171,25 @@ def test_vlb_bounds_the_exact_nll_and_tightens_with_more_steps():
             gaps.append((float(gap.mean()), se))
         for (coarse, se1), (fine, se2) in zip(gaps, gaps[1:]):
             assert coarse - fine > 3 * math.hypot(se1, se2), (variance, gaps)
+
+
+def test_results_do_not_depend_on_the_batching():
+    """Each sample's noise draws depend on (seed, level, its index in x0) alone: the bound is the same whatever
+    batch_size; the ODE's dequantization and probes likewise (the solver's shared steps move the result within its
+    tolerance)."""
+    target = mixture(DiscreteVP.linear(1000))
+    x = data(target, 150)
+    whole = vlb(target, x, steps=20, seed=3, batch_size=None, progress=False)
+    torch.testing.assert_close(vlb(target, x, steps=20, seed=3, batch_size=7, progress=False), whole)
+    assert not torch.equal(vlb(target, x, steps=20, seed=4, progress=False), whole)  # the seed does matter
+    x3 = GaussianMixture([1.0], [[0.0] * 40], [0.5], schedule=DiscreteVP.linear(1000)).sample(
+        20, generator=torch.Generator().manual_seed(0)).double()
+    bins = Bins(17)
+    x3 = bins.low + torch.round((x3.clamp(-1, 1) - bins.low) / bins.width) * bins.width
+    gauss = GaussianMixture([1.0], [[0.0] * 40], [0.5], schedule=DiscreteVP.linear(1000))
+    one = ode_nll(gauss, x3, bins=17, seed=1, batch_size=None, progress=False)
+    split = ode_nll(gauss, x3, bins=17, seed=1, batch_size=8, progress=False)
+    torch.testing.assert_close(split, one, rtol=0, atol=0.02)
 
 
 def test_vlb_gaussian_decoder_and_result_object():

@@ -31,8 +31,9 @@ def grid_levels(schedule, every: int = 1):
 # ------------------------------------------------------------------------------------------ analytic
 @pytest.mark.parametrize("every", [1, 100], ids=["trained", "respaced"])
 def test_analytic_variance_is_beta_for_standard_normal_data_and_beta_tilde_for_a_point_mass(every):
-    """Analytic-DPM's two limits: N(0, I) data (Gamma_t = abar_t... the optimum is beta) and a point mass (Gamma = 1,
-    the optimum is beta_tilde), on the trained steps and on a 10-step subsequence (the respaced chain's beta)."""
+    """Analytic-DPM's two limits: N(0, I) data (Gamma_t = sigma_t^2: the optimum is beta) and a point mass (Gamma = 1:
+    the optimum is beta_tilde), on the trained steps and on a 10-step subsequence (the respaced chain's beta), the
+    decoder step included (a point mass: its floor, the clipped beta_tilde)."""
     m, s = grid_levels(LINEAR, every)
     ks = kernels(m, s)
     levels = [a / b for a, b in zip(s[:-1], m[:-1])]
@@ -40,15 +41,16 @@ def test_analytic_variance_is_beta_for_standard_normal_data_and_beta_tilde_for_a
     n = 2048 if every == 1 else 8192
     gamma = analytic_variance(normal, normal.sample(n, generator=torch.Generator().manual_seed(0)), n=n, cache=False,
                               data_range=None).eps_sq_mean(levels)
-    # Gamma's estimate is a mean of n * D squares of unit normals (times a factor <= 1): relative sd sqrt(2 / (n D))
+    # 1 - Gamma's estimate is a mean of n * D squares of unit normals (times a factor <= 1, the control variate taking
+    # the noises' own error out): relative sd at most sqrt(2 / (n D))
     tol = 4 * math.sqrt(2 / (n * 4))
-    for k, g in zip(ks[:-1], gamma[:-1]):
+    for k, g in zip(ks, gamma):
         v = step_variance("analytic", k, gamma=g)
         assert abs(v - k.beta) <= tol * k.b**2 * k.err + 1e-12 * k.beta, (v, k.beta, k.beta_tilde)
     point = GaussianMixture([1.0], [[0.3, -0.2, 0.1, 0.0]], [1e-6], schedule=LINEAR)
     av = analytic_variance(point, point.sample(256, generator=torch.Generator().manual_seed(0)), cache=False)
-    for k, g in zip(ks[:-1], av.eps_sq_mean(levels)[:-1]):
-        assert step_variance("analytic", k, gamma=g, x0_bound=av.x0_bound) == pytest.approx(k.beta_tilde, rel=1e-6)
+    for k, g in zip(ks, av.eps_sq_mean(levels)):
+        assert step_variance("analytic", k, gamma=g, x0_bound=av.x0_bound) == pytest.approx(k.beta_tilde_clipped, rel=1e-6)
 
 
 def test_analytic_variance_clips_to_the_data_range_bound():
@@ -104,6 +106,9 @@ def test_analytic_estimates_are_cached_on_disk(tmp_path):
     # other settings (another n): another entry
     AnalyticVariance(target, data, n=128, cache_dir=tmp_path).eps_sq_mean([0.5])
     assert len(os.listdir(tmp_path)) == 2
+    # a transformed model (an x0 hook changes eps, but not the fingerprint) is estimated in memory only
+    hooked = AnalyticVariance(X0Hook(target, clip_x0(-0.5, 0.5)), data, n=256, cache_dir=tmp_path)
+    assert hooked.eps_sq_mean([0.5])[0] != gamma[0] and len(os.listdir(tmp_path)) == 2
 
 
 def test_ddpm_analytic_runs_on_respaced_grids_and_needs_the_wrapper():
@@ -167,6 +172,17 @@ def test_guidance_and_hooks_pass_the_learned_variance_on():
     out = sg.sample(ClassifierGuidance(model, target.classifier, 1.0), "ddpm", n=16, seed=0, steps=10, y=0,
                     variance="learned", progress=False)
     assert torch.isfinite(out.samples).all() and out.nfe == 10
+
+
+def test_a_transform_that_drops_the_learned_variance_says_so():
+    class EpsOnly(sg.models.ModelTransform):  # implements eps alone: it cannot pass v on
+        def eps(self, x, sigma, m=1.0, y=None):
+            return self.model.eps(x, sigma, m, y)
+
+    model = EpsOnly(Learned(load_target("ring2d"), 0.5))
+    assert not model.learned_variance
+    with pytest.raises(ValueError, match="learned variance channels"):
+        sg.sample(model, "ddpm", n=4, steps=10, variance="learned", progress=False)
 
 
 def test_learned_variance_is_refused_for_a_model_without_it():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,3 +36,26 @@ def chunks(n: int, batch_size: Optional[int]) -> Iterator[slice]:
     size = n if batch_size is None else check_int("batch_size", batch_size, 1)
     for i in range(0, n, size):
         yield slice(i, min(i + size, n))
+
+
+#: Samples that share one generator per kind of draw (:func:`per_sample_draws`).
+BLOCK = 64
+
+
+def per_sample_draws(seed: int, kind: int, part: slice, shape: tuple[int, ...],
+                     draw: Callable[[torch.Generator, tuple[int, ...]], Tensor]) -> Tensor:
+    """Random draws for the samples ``part`` (float64, shape ``(len, *shape)``) that depend on the seed, the ``kind``
+    of draw (a level of the bound, the dequantization, the probes) and each sample's index alone, not on how the
+    samples are batched: sample i's draw is row ``i % BLOCK`` of ``draw(generator, (BLOCK, *shape))`` with the
+    generator seeded from (seed, kind, i // BLOCK)."""
+    rows = []
+    for block in range(part.start // BLOCK, (part.stop - 1) // BLOCK + 1):
+        key = int(np.random.SeedSequence([int(seed), int(kind), block]).generate_state(1, dtype=np.uint64)[0] >> 1)
+        full = draw(torch.Generator().manual_seed(key), (BLOCK, *shape))
+        lo, hi = max(part.start - block * BLOCK, 0), min(part.stop - block * BLOCK, BLOCK)
+        rows.append(full[lo:hi])
+    return torch.cat(rows)
+
+
+def normal(g: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+    return torch.randn(shape, generator=g, dtype=torch.float64)

@@ -28,7 +28,7 @@ from .._progress import progress as _progress
 from ..models import ScoreModel, prepare_levels
 from ..samplers.ode import ODE_METHODS, ODESolverError
 from ..schedules import ve_levels
-from ._inputs import check_data, chunks
+from ._inputs import check_data, chunks, normal, per_sample_draws
 from .result import NLLResult
 
 __all__ = ["ode_nll", "DIVERGENCES", "PROBES", "EXACT_MAX_DIMS"]
@@ -54,11 +54,13 @@ def _divergence(f: Tensor, y: Tensor, probes: Optional[Tensor]) -> Tensor:
     return total / len(probes)
 
 
-def _probes(kind: str, shape: tuple[int, ...], g: torch.Generator, dtype: torch.dtype) -> Tensor:
-    """Hutchinson's probe vectors: Rademacher (+-1, the lower-variance choice) or standard normal."""
-    if kind == "gaussian":
-        return torch.randn(shape, generator=g, dtype=dtype)
-    return torch.randint(0, 2, shape, generator=g).to(dtype) * 2 - 1
+def _rademacher(g: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+    """+-1 with equal probability: Hutchinson's lower-variance probes."""
+    return torch.randint(0, 2, shape, generator=g).double() * 2 - 1
+
+
+def _uniform(g: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+    return torch.rand(shape, generator=g, dtype=torch.float64)
 
 
 def ode_nll(
@@ -96,8 +98,9 @@ def ode_nll(
         bins: the number of evenly spaced values the data takes in ``data_range`` (256: 8-bit images; 17: the digits):
             uniform dequantization, and the result bounds the probability of the values. None: continuous data.
         y: class labels for a class-conditional model.
-        seed: seeds the dequantization noise and the probes.
-        batch_size: samples integrated together (one solver run each; they share its steps).
+        seed: seeds the dequantization noise and the probes, which depend on (seed, sample index) alone.
+        batch_size: samples integrated together (one solver run each; they share its steps, so the result depends
+            on the batching within the solver's tolerance).
         details: return an :class:`NLLResult` (bits/dim, standard error, terms, NFE) instead of the tensor.
     Raises:
         ODESolverError: the solver failed (its step size underflowed).
@@ -119,7 +122,6 @@ def ode_nll(
         raise ValueError(f"sigma_max ({s_max:g}) must be above sigma_min ({s_min:g})")
     D = x0[0].numel()
     exact = divergence == "exact" or (divergence == "auto" and D <= EXACT_MAX_DIMS)
-    g = torch.Generator().manual_seed(int(seed))
     B = x0.shape[0]
     nats = x0.new_zeros(B, dtype=torch.float64)
     prior, integral = torch.zeros_like(nats), torch.zeros_like(nats)
@@ -136,8 +138,10 @@ def ode_nll(
             n, shape = x.shape[0], x.shape
             lab = None if labels is None else labels[part]
             if grid_bins is not None:  # uniform dequantization on each value's bin
-                x = x + (torch.rand(shape, generator=g, dtype=x.dtype).to(x.device) - 0.5) * grid_bins.width
-            v = None if exact else _probes(probe, (probes, n, D), g, x.dtype).to(x.device)
+                u = per_sample_draws(seed, 0, part, shape[1:], _uniform).to(dtype=x.dtype, device=x.device)
+                x = x + (u - 0.5) * grid_bins.width
+            v = None if exact else per_sample_draws(seed, 1, part, (probes, D), normal if probe == "gaussian" else
+                                                    _rademacher).transpose(0, 1).to(dtype=x.dtype, device=x.device)
             done, count = 0, 0
 
             def field(u: float, state: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from .._progress import progress as _progress
 from ..models import ScoreModel, prepare_levels
 from ..samplers.grids import StepGrid, step_grid
 from ..variance import kernels, step_variance, variance_source
-from ._inputs import check_data, chunks
+from ._inputs import check_data, chunks, normal, per_sample_draws
 from .gaussian import discretized_gaussian_nll, gaussian_nll, normal_kl
 from .result import NLLResult
 
@@ -74,7 +74,8 @@ def vlb(
             digits): the decoder is then Ho et al.'s discretised Gaussian and the bound is on a probability; None: a
             Gaussian density for continuous data.
         y: class labels for a class-conditional model.
-        seed: the noise draws (one per sample and level) come from a generator seeded with it.
+        seed: seeds the noise draws, one per sample and level: sample i's depend on (seed, level, i) alone, so the
+            result does not depend on ``batch_size`` or on how the data is split.
         batch_size: samples evaluated together.
         details: return an :class:`NLLResult` (bits/dim, standard error, every term) instead of the tensor.
     """
@@ -90,7 +91,6 @@ def vlb(
     fixed = [None if variance == "learned" else step_variance(variance, k, gamma=g, x0_bound=bound)
              for k, g in zip(steps_, gamma)]
     prepare_levels(model, list(sigma[:-1]), list(m[:-1]))
-    g = torch.Generator().manual_seed(int(seed))
     B, last = x0.shape[0], len(steps_) - 1
     prior, decoder = x0.new_zeros(B, dtype=torch.float64), x0.new_zeros(B, dtype=torch.float64)
     terms = x0.new_zeros((B, last), dtype=torch.float64)
@@ -100,8 +100,8 @@ def vlb(
             x, lab = x0[part], None if labels is None else labels[part]
             prior[part] = prior_kl(x, m[0], sigma[0]).double()
             for i, k in enumerate(steps_):
-                eps_noise = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
-                x_t = m[i] * x + sigma[i] * eps_noise
+                z = per_sample_draws(seed, i, part, x.shape[1:], normal).to(dtype=x.dtype, device=x.device)
+                x_t = m[i] * x + sigma[i] * z
                 eps, v = model.eps_and_variance(x_t, sigma[i], m[i], lab)
                 x0_hat = (x_t - sigma[i] * eps) / m[i]
                 var = fixed[i] if fixed[i] is not None else step_variance("learned", k, v=v)
