@@ -122,17 +122,20 @@ class LikelihoodGuidance(ModelTransform):
         if y is None and self._label_required is not None:
             raise ValueError(self._label_required)
 
+    #: Whether the wrapped model gets the query's label too (a class-conditional network under classifier guidance).
+    pass_label = False
+
     def eps_and_variance(self, x: Tensor, sigma: Level, m: Level = 1.0,
                          y: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         self._check_label(y)
-        eps, v = self.model.eps_and_variance(x, sigma, m)
+        eps, v = self.model.eps_and_variance(x, sigma, m, y if self.pass_label else None)
         if self.scale == 0.0:
             return eps, v
         return eps - self.scale * _col(sigma, x) * self.grad_log_likelihood(x, sigma, m, y), v
 
     def score(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
         self._check_label(y)
-        score = self.model.score(x, sigma, m)
+        score = self.model.score(x, sigma, m, y if self.pass_label else None)
         if self.scale == 0.0:
             return score
         return score + self.scale * self.grad_log_likelihood(x, sigma, m, y)
@@ -163,8 +166,10 @@ class ClassifierGuidance(LikelihoodGuidance):
 
     In eps terms ``eps - gamma * sigma * grad_x log p(y | x_t)``. gamma = 1 gives the exact conditional
     when both the model and the classifier are exact; gamma > 1 sharpens towards the class. The label
-    comes from the query (``sample(..., y=3)``); the wrapped model itself is queried without it.
-    The classifier's gradient is taken by autograd and is not counted as a network evaluation.
+    comes from the query (``sample(..., y=3)``). The wrapped model is queried without it, unless it is a
+    class-conditional network (its network has ``num_classes``; ``conditional_model`` overrides the detection): then
+    it gets the label too, as guided-diffusion guides its conditional ImageNet models (``p(x | y) p(y | x)^gamma``).
+    An exact mixture is never given the label (it would condition twice). The classifier's gradient is taken by autograd and is not counted as a network evaluation.
     This is :class:`LikelihoodGuidance` with :func:`classifier_log_likelihood`. gamma must be in
     [0, :data:`MAX_GUIDANCE_SCALE` = 100]: published settings are 1-10, and far above that the guidance term
     dwarfs the score (samples overshoot the data, or pile up on an x0 hook's clipping bounds).
@@ -173,9 +178,18 @@ class ClassifierGuidance(LikelihoodGuidance):
     _label_required = _NEEDS_LABEL
     max_scale = MAX_GUIDANCE_SCALE
 
-    def __init__(self, model: ScoreModel, classifier: Classifier, scale: float = 1.0):
+    def __init__(self, model: ScoreModel, classifier: Classifier, scale: float = 1.0, *,
+                 conditional_model: Optional[bool] = None):
         super().__init__(model, classifier_log_likelihood(classifier), scale)
         self.classifier = classifier
+        self.pass_label = _class_conditional_network(model) if conditional_model is None else bool(conditional_model)
+
+
+def _class_conditional_network(model: object) -> bool:
+    """Whether the innermost model of a stack is a network adapter whose network takes class labels."""
+    while isinstance(model, ModelTransform):
+        model = model.model
+    return getattr(getattr(model, "net", None), "num_classes", None) is not None
 
 
 class ClassifierFreeGuidance(ModelTransform):

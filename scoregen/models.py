@@ -245,7 +245,7 @@ class ScoreModel:
 
         ``v`` interpolates the variance of whatever reverse step t -> s the caller takes, in log space
         (Nichol & Dhariwal 2021, eq. 15): ``exp(v log beta_ts + (1 - v) log beta_tilde_ts)``
-        (:func:`scoregen.variance.reverse_variance`); it does not depend on the caller's coordinates."""
+        (:func:`scoregen.variance.step_variance`); it does not depend on the caller's coordinates."""
         return self.eps(x, sigma, m, y), None
 
     def score(self, x: Tensor, sigma: Level, m: Level = 1.0, y: Optional[Tensor] = None) -> Tensor:
@@ -477,7 +477,7 @@ class NetworkScoreModel(ScoreModel):
         improved-diffusion's variance value in [-1, 1], answered as the weight ``v = (value + 1) / 2``."""
         x_in, t, m_t, sigma_t = self.levels(x, sigma, m)
         net_in = network_input(x, x_in, read_after=self.parameterization in ("x0", "v"))
-        out = self.net(net_in, t) if y is None else self.net(net_in, t, y)
+        out = self._call_net(net_in, t, y)
         want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learned_variance and x.ndim > 1 else tuple(x.shape)
         if not isinstance(out, Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -489,6 +489,26 @@ class NetworkScoreModel(ScoreModel):
             out, value = out.chunk(2, dim=1)
             v = value.add(1.0).mul_(0.5)
         return to_eps(out, x_in, m_t, sigma_t, self.parameterization), v
+
+    def _call_net(self, x: Tensor, t: Tensor, y: Optional[Tensor]) -> Tensor:
+        """``net(x, t[, y])``; a caller in another dtype or on another device than the network's parameters (a float64
+        sampler, a likelihood in float64, on a float32 network) has its input cast to the network's dtype and device,
+        and the answer cast back."""
+        param = self._parameter()
+        if param is None or (param.dtype == x.dtype and param.device == x.device):
+            return self.net(x, t) if y is None else self.net(x, t, y)
+        x_net = x.to(device=param.device, dtype=param.dtype)
+        t_net = t.to(device=param.device, dtype=torch.float64 if param.dtype == torch.float64 else torch.float32)
+        out = self.net(x_net, t_net) if y is None else self.net(x_net, t_net, y.to(param.device))
+        return out.to(device=x.device, dtype=x.dtype) if isinstance(out, Tensor) else out
+
+    def _parameter(self) -> Optional[Tensor]:
+        """The network's first floating-point parameter (its dtype and device are the network's), or None for a plain
+        function. Found once: ``module.to(...)`` converts a parameter in place, so the one found keeps up."""
+        if not hasattr(self, "_param"):
+            params = self.net.parameters() if isinstance(self.net, torch.nn.Module) else ()
+            self._param = next((p for p in params if p.is_floating_point()), None)
+        return self._param
 
     def __repr__(self) -> str:
         extra = ", learned_variance=True" if self.learned_variance else ""
