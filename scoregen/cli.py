@@ -465,20 +465,23 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--bins must be 0 (continuous data) or at least 2, got {args.bins}")
     g = torch.Generator().manual_seed(args.seed)
     exact, labels, data_range = None, None, (-1.0, 1.0)
-    diffusers = args.model is not None and _is_diffusers_folder(args.model)
+    from .interop.diffusers import is_diffusers_folder
+
+    diffusers = args.model is not None and is_diffusers_folder(args.model)
     if args.model is not None and not diffusers:
         from .targets import BUILTIN_TARGETS
 
         is_target = args.model in BUILTIN_TARGETS or args.model.lower().endswith(".json")
         args.target, args.checkpoint = (args.model, None) if is_target else (None, args.model)
     if diffusers:
-        from .interop.diffusers import load_diffusers
+        from .interop.diffusers import from_diffusers, load_diffusers
 
         if args.data is None:
             parser.error("a diffusers model does not record its training data: give --data")
         model, name, spec = load_diffusers(args.model), f"diffusers model {args.model}", args.data
         if args.method == "ode" and not model.net.learned_labels:  # a smooth field for the adaptive solver
-            model = load_diffusers(args.model, time="fractional")
+            model = from_diffusers(model.unet, {**model.scheduler_config, "_class_name": model.scheduler_class},
+                                   time="fractional")
     elif args.checkpoint is None:
         target = load_target(args.target or "ring2d")
         model, name, spec = target, target.name, args.data
@@ -495,7 +498,6 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         spec = args.data or (meta.get("spec") if isinstance(meta, dict) else None)
         if spec is None:
             parser.error(f"{args.checkpoint} does not record its training data: give --data")
-        data_range = _value_range(config, args.checkpoint) or data_range
     if spec is not None:
         data = load_data(spec, seed=args.seed)
         pick = torch.randperm(len(data), generator=g)[: args.n or 512]
@@ -603,10 +605,6 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
         kind = f"classifier guidance ({args.classifier})" if args.classifier else "classifier-free guidance"
         name += f", {kind} to class {args.label} with scale {model.scale:g}"
     return model, hook, value_range, name
-
-
-def _is_diffusers_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "scheduler_config.json"))
 
 
 def _data_range_arg(value: str) -> tuple[float, float]:

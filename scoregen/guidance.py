@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_real
-from .models import Level, ModelTransform, ScoreModel, _col, class_labels
+from .models import Level, ModelTransform, ScoreModel, _col, class_labels, innermost
 
 __all__ = [
     "LikelihoodGuidance",
@@ -187,9 +187,7 @@ class ClassifierGuidance(LikelihoodGuidance):
 
 def _class_conditional_network(model: object) -> bool:
     """Whether the innermost model of a stack is a network adapter whose network takes class labels."""
-    while isinstance(model, ModelTransform):
-        model = model.model
-    return getattr(getattr(model, "net", None), "num_classes", None) is not None
+    return getattr(getattr(innermost(model), "net", None), "num_classes", None) is not None
 
 
 class ClassifierFreeGuidance(ModelTransform):

@@ -292,6 +292,13 @@ class ScoreModel:
         return f"{type(self).__name__}.sigma_range"
 
 
+def innermost(model: object) -> object:
+    """The model at the bottom of a stack of :class:`ModelTransform` s (guidance, hooks, the sampler's guard)."""
+    while isinstance(model, ModelTransform):
+        model = model.model
+    return model
+
+
 def prepare_levels(model: object, sigma, m=1.0) -> None:
     """``model.prepare(sigma, m)`` (:meth:`ScoreModel.prepare`) when the model has that method; nothing otherwise
     (a duck-typed model with ``eps`` only). Samplers call it once with their grid, before their loop."""

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+from ..interop.diffusers import is_diffusers_folder
 from ..models import ScoreModel, clip_x0
 from ..targets import BUILTIN_TARGETS, GaussianMixture, load_target
 from .scorers import DigitsScorer, MixtureScorer
@@ -56,19 +57,15 @@ def resolve_subject(spec: str, reference: Optional[str] = None) -> Subject:
         return _exact(load_target(spec))
     from ..pretrained import pretrained_names
 
-    if spec in pretrained_names() or os.path.isfile(os.path.join(spec, "config.json")) and not _is_diffusers(spec):
+    if spec in pretrained_names() or os.path.isfile(os.path.join(spec, "config.json")) and not is_diffusers_folder(spec):
         return _checkpoint(spec, reference)
-    if os.path.isdir(spec) and _is_diffusers(spec):
+    if os.path.isdir(spec) and is_diffusers_folder(spec):
         from ..interop.diffusers import load_diffusers
 
         return _network(spec, load_diffusers(spec), None, reference, None, {"format": "diffusers"})
     raise ValueError(f"unknown benchmark model {spec!r}: give a built-in target ({', '.join(sorted(BUILTIN_TARGETS))}), "
                      f"a mixture .json file, a built-in model ({', '.join(pretrained_names())}), a checkpoint folder "
                      "written by `scoregen train`, or a diffusers pipeline folder")
-
-
-def _is_diffusers(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "scheduler_config.json"))
 
 
 def _exact(target: GaussianMixture) -> Subject:

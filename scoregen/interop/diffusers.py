@@ -57,6 +57,7 @@ __all__ = [
     "from_diffusers",
     "load_diffusers",
     "schedule_from_scheduler",
+    "is_diffusers_folder",
     "x0_hook_from_scheduler",
     "SUPPORTED_SCHEDULERS",
     "BETA_SCHEDULES",
@@ -77,6 +78,12 @@ SchedulerLike = Union[str, os.PathLike, Mapping[str, Any], Any]
 
 
 # ----------------------------------------------------------------------------- scheduler configs
+
+
+def is_diffusers_folder(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a diffusers pipeline folder (``model_index.json``) or a model folder with its scheduler
+    (``scheduler_config.json``)."""
+    return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "scheduler_config.json"))
 
 
 def _scheduler_config(scheduler: SchedulerLike) -> tuple[str, dict]:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_real
 from .._progress import progress as _progress
-from ..models import ScoreModel, prepare_levels
+from ..models import ScoreModel
 from ..samplers.ode import ODE_METHODS, ODESolverError
 from ..schedules import ve_levels
 from ._inputs import check_data, chunks, normal, per_sample_draws
@@ -164,7 +164,6 @@ def ode_nll(
                 return out
 
             state0 = np.concatenate([x.detach().to("cpu", torch.float64).reshape(-1).numpy(), np.zeros(n)])
-            prepare_levels(model, [s_min, s_max], 1.0)
             sol = integrate.solve_ivp(field, (u0, u1), state0, method=method, rtol=rtol, atol=atol)
             if sol.status != 0:
                 raise ODESolverError(f"ode_nll ({method}, rtol={rtol:g}, atol={atol:g}) failed at s={math.exp(sol.t[-1]):.6g} "

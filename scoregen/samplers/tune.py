@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_real, short
 from .._progress import progress as _progress
-from ..models import ModelTransform, NetworkScoreModel, X0Hook, class_labels
+from ..models import ModelTransform, NetworkScoreModel, X0Hook, class_labels, innermost
 from ..schedules import MAX_LEVELS, ve_levels
 from .grids import StepGrid, step_grid, ve_to_model
 
@@ -173,7 +173,7 @@ def _schedule_config(schedule) -> str:
 def _device_dtype(model: Any, device, dtype) -> tuple[torch.device, torch.dtype]:
     """The device and dtype the search runs in: a network's own (its first parameter's), float64 for an exact
     target (whose answers are exact in any precision)."""
-    model = _innermost(model)
+    model = innermost(model)
     net = getattr(model, "net", None)
     param = next(iter(net.parameters()), None) if isinstance(net, torch.nn.Module) else None
     if device is None:
@@ -321,15 +321,9 @@ class _Stop(Exception):
     """The search's budget (runs or seconds) is spent."""
 
 
-def _innermost(model: Any) -> Any:
-    while isinstance(model, ModelTransform):
-        model = model.model
-    return model
-
-
 def _default_n(model) -> int:
     """The search batch: DEFAULT_N for an exact target; a network: DEFAULT_N_NETWORK (its calls cost the time)."""
-    return DEFAULT_N_NETWORK if isinstance(getattr(_innermost(model), "net", None), torch.nn.Module) else DEFAULT_N
+    return DEFAULT_N_NETWORK if isinstance(getattr(innermost(model), "net", None), torch.nn.Module) else DEFAULT_N
 
 
 # --------------------------------------------------------------------------------------------- the search
