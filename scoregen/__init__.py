@@ -9,7 +9,7 @@ from .metrics import (class_report, component_frechet, frechet_distance, mmd_to_
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
 from .pretrained import pretrained_names
 from .samplers import SAMPLERS, SPACINGS, SampleResult, StepGrid, load_grid, sample, save_grid, step_grid, tune_grid
-from .schedules import ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
+from .schedules import ContinuousSubVP, ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
 from .targets import GaussianMixture, load_target
 from .variance import VARIANCES, analytic_variance
 
@@ -29,6 +29,7 @@ __all__ = [
     "DiscreteVE",
     "ContinuousVP",
     "ContinuousVE",
+    "ContinuousSubVP",
     "GaussianMixture",
     "load_target",
     "sample",

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._checks import check_real
 from .errors import ScoregenError
+from .interop.formats import FORMATS
 from .samplers import SAMPLERS, SPACINGS, sampler_options
 
 # Which flags belong to which sampler, read off the samplers' own options: a flag given to a sampler
@@ -124,8 +125,18 @@ def _add_model_source(parser: argparse.ArgumentParser):
     src.add_argument("--target", type=_target_arg, help="an exact target: ring2d, gmm64 or a mixture PATH.json "
                                                         "(default: ring2d, unless --checkpoint is given)")
     src.add_argument("--checkpoint", help="a trained model instead of a target: a checkpoint folder written by "
-                                           "`scoregen train`, or a built-in model's name (`scoregen pretrained list`), "
-                                           "e.g. digits-ddpm (default: none, --target)")
+                                           "`scoregen train`, a built-in model's name (`scoregen pretrained list`, e.g. "
+                                           "digits-ddpm), or a model trained elsewhere: a diffusers folder, an improved/"
+                                           "guided-diffusion .pt, a score_sde or NCSNv2 checkpoint .pth, an EDM snapshot "
+                                           ".pkl (format detected; see --format) (default: none, --target)")
+    parser.add_argument("--format", choices=sorted(FORMATS),
+                        help="the --checkpoint's format: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items())
+                             + " (default: detected from the file)")
+    parser.add_argument("--model-config", metavar="CONFIG",
+                        help="what an openai, score_sde or ncsnv2 --checkpoint does not hold: openai's flags (a flags "
+                             "string such as '--image_size 64 --num_channels 192 ...', a preset name or a FILE.json), a "
+                             "score_sde preset name or FILE.json, an NCSNv2 config.yml (default: openai and score_sde "
+                             "need it; NCSNv2 reads config.yml beside the checkpoint)")
     return src
 
 
@@ -144,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(s)
     s.add_argument("--classifier", help="with --checkpoint and --label: a classifier checkpoint for classifier guidance "
                                         "(default: none; a class-conditional model then uses classifier-free guidance)")
+    s.add_argument("--classifier-config", metavar="CONFIG",
+                   help="a guided-diffusion --classifier's flags: a flags string, a preset name or a FILE.json "
+                        "(default: none; a scoregen classifier checkpoint holds its own)")
     s.add_argument("--grid", help="also save the samples as an image grid to this PNG, for image models (default: no grid)")
     s.add_argument("--no-clip", action="store_true", help="image models: do not clip x0_hat to the data range")
     s.add_argument("--sampler", choices=sorted(SAMPLER_FLAGS), default="ddpm",
@@ -162,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "respacing; default: --spacing)")
     s.add_argument("--variance", choices=["beta_tilde", "beta", "learned", "analytic"],
                    help="ddpm: the reverse variance: beta_tilde, beta, learned (a network trained with objective hybrid) "
-                        "or analytic (Analytic-DPM, estimated on the model's training data; default: beta_tilde)")
+                        "or analytic (Analytic-DPM, estimated on the model's training data; default: learned for a model "
+                        "with a learned variance, else beta_tilde)")
     s.add_argument("--eta", type=_finite_float, help="ddim: noise, 0 deterministic .. 1 ancestral (default: 0); "
                                                     "dpmpp_2m_sde: the SDE's noise, 0 = dpmpp_2m (default: 1)")
     s.add_argument("--order", type=_positive_int, help="unipc, deis, ipndm: the multistep order (default: unipc 2, deis 3, "
@@ -374,12 +389,14 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.guidance_scale is not None and args.label is None:
         parser.error("--guidance-scale needs --label Y (the class to guide towards)")
 
-    if args.checkpoint is None and (args.classifier or args.grid or args.no_clip):
-        parser.error("--classifier, --grid and --no-clip apply to --checkpoint models")
+    if args.checkpoint is None and (args.classifier or args.grid or args.no_clip or args.format or args.model_config):
+        parser.error("--classifier, --grid, --no-clip, --format and --model-config apply to --checkpoint models")
+    if args.classifier_config is not None and args.classifier is None:
+        parser.error("--classifier-config describes a --classifier: give one")
     for flag, path, suffix in (("--out", args.out, ".npy"), ("--grid", args.grid, ".png")):
         if path is not None:  # before any work: a bad destination must not cost a sampling run
             _check_output(parser, flag, path, suffix)
-    model, x0_hook, value_range, name = _sampling_model(args, parser)
+    model, x0_hook, value_range, name, x_start = _sampling_model(args, parser)
     if args.grid and len(model.shape) != 3:
         parser.error(f"--grid needs an image model (samples of shape (C, H, W)); this one samples shape {tuple(model.shape)}")
     options = {k: getattr(args, k) for k in given}
@@ -391,6 +408,11 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             options["sigmas"] = load_grid(options["sigmas"], model)
         except (OSError, ValueError) as e:
             parser.error(f"--sigmas: cannot read the grid file {options['sigmas']!r}: {e}")
+    if args.sampler == "ddpm" and args.variance is None and getattr(model, "learned_variance", False):
+        options["variance"] = shown["variance"] = "learned"  # as improved-diffusion samples its learn_sigma models
+    if x_start is not None:  # the original code's initial state (NCSNv2: uniform images), drawn from the seed
+        options["x_start"] = x_start(args.n, torch.Generator().manual_seed(args.seed))
+        name += ", started from the original code's initial state"
     result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook, batch_size=args.batch_size,
                     progress=False if args.no_progress else None, **options)
     arr = result.samples.to(torch.float32).cpu().numpy()
@@ -423,7 +445,7 @@ def _cmd_tune_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     # the model itself: no guidance, no clipping (spacing="optimized" fits the same way)
     args.label = args.classifier = args.guidance_scale = None
     args.no_clip = True
-    model, _, _, name = _sampling_model(args, parser)
+    model, _, _, name, _ = _sampling_model(args, parser)
     grid = tune_grid(model, args.sampler, args.steps, n=args.n, seed=args.seed, max_evals=args.max_evals,
                      time_limit=args.time_limit, progress=False if args.no_progress else None)
     save_grid(grid, args.out)
@@ -489,6 +511,16 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             n = args.n or 1000
             x = target.sample(n, generator=g).to(torch.float64)
             exact, source = -target.log_prob(x), f"{n} samples of the target (seed {args.seed})"
+    elif _checkpoint_format(args, parser) != "scoregen":
+        from .interop.formats import load_pretrained
+
+        try:
+            loaded = load_pretrained(args.checkpoint, args.format, _model_config(args.model_config))
+        except (OSError, ValueError, ImportError) as e:
+            parser.error(f"--checkpoint {args.checkpoint}: {e}")
+        if args.data is None:
+            parser.error(f"{loaded.name} does not record its training data: give --data")
+        model, name, spec = loaded.model, loaded.name, args.data
     else:
         net, config = load_checkpoint(args.checkpoint)
         if getattr(net, "parameterization", None) is None:
@@ -555,6 +587,96 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _checkpoint_format(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The format of ``--checkpoint``: ``--format``, else detected from the file (:func:`~scoregen.interop.formats.detect_format`)."""
+    from .interop.formats import detect_format
+
+    if args.format is not None:
+        return args.format
+    try:
+        return detect_format(args.checkpoint)
+    except (OSError, ValueError) as e:
+        parser.error(f"--checkpoint: {e}")
+
+
+def _model_config(value: Optional[str]):
+    """``--model-config``: a JSON file's dict, another file's path (an NCSNv2 YAML), or the string itself (a preset
+    name, openai's flags string)."""
+    if value is None or not os.path.isfile(value):
+        return value
+    if value.lower().endswith(".json"):
+        from .io import MAX_CONFIG_BYTES, read_capped
+
+        return json.loads(read_capped(value, MAX_CONFIG_BYTES, "--model-config"))
+    return value
+
+
+def _foreign_model(args: argparse.Namespace, parser: argparse.ArgumentParser, fmt: str):
+    """`_sampling_model` for a model trained elsewhere (:func:`~scoregen.interop.formats.load_pretrained`)."""
+    from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+    from .interop.formats import load_pretrained
+    from .models import clip_x0
+
+    try:
+        loaded = load_pretrained(args.checkpoint, fmt, _model_config(args.model_config))
+    except (OSError, ValueError, ImportError) as e:
+        parser.error(f"--checkpoint {args.checkpoint} ({fmt}): {e}")
+    model, classes = loaded.model, loaded.num_classes
+    if getattr(args, "variance", None) == "analytic":
+        parser.error(f"--variance analytic estimates the model's mean squared eps on its training data, which a {fmt} "
+                     "checkpoint does not record; use `scoregen nll --variance analytic --data ...` or the Python API")
+    if args.label is not None:
+        if args.classifier:
+            clf = _foreign_classifier(args, parser)
+            model = ClassifierGuidance(model, clf, 1.0 if args.guidance_scale is None else args.guidance_scale)
+            classes = classes or getattr(clf, "num_classes", None)
+        elif classes is None:
+            parser.error("--label with an unconditional model needs --classifier (a noisy classifier)")
+        elif loaded.null_label is None and args.guidance_scale:
+            parser.error(f"{loaded.name} has no 'no class' label, so classifier-free guidance (--guidance-scale) does not "
+                         "apply: --label alone samples the class-conditional model, --classifier adds classifier guidance")
+        else:
+            model = ClassifierFreeGuidance(model, loaded.null_label, args.guidance_scale or 0.0)
+        if classes is not None and not 0 <= args.label < classes:
+            parser.error(f"--label must be in 0..{classes - 1}, got {args.label}")
+    elif args.classifier:
+        parser.error("--classifier needs --label Y (the class to guide towards)")
+    elif classes is not None and loaded.null_label is None:
+        parser.error(f"{loaded.name} is class-conditional ({classes} classes): give --label Y")
+    hook = loaded.x0_hook
+    if hook is None and len(model.shape) == 3 and loaded.value_range and not args.no_clip:
+        hook = clip_x0(*loaded.value_range)
+    elif args.no_clip:
+        hook = None
+    name = loaded.name
+    if args.label is not None:
+        kind = f"classifier guidance ({args.classifier}) with scale {model.scale:g}" if args.classifier else "conditional"
+        name += f", class {args.label} ({kind})"
+    start = loaded.x_start if getattr(args, "sampler", None) == "langevin" and args.sigma_max is None else None
+    return model, hook, loaded.value_range, name, start
+
+
+def _foreign_classifier(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """``--classifier``: a scoregen classifier checkpoint, or guided-diffusion's noisy classifier .pt (its flags in
+    ``--classifier-config``)."""
+    from .io import load_checkpoint
+
+    if os.path.isdir(args.classifier) or not os.path.exists(args.classifier):
+        clf, _ = load_checkpoint(args.classifier)
+        if getattr(clf, "parameterization", None) is not None:
+            parser.error(f"--classifier {args.classifier} holds a score model, not a classifier")
+        return clf.classifier()
+    from .interop.openai import PRESETS, load_openai_classifier
+
+    if args.classifier_config is None:
+        parser.error(f"--classifier {args.classifier}: a guided-diffusion classifier needs its flags (--classifier-config: "
+                     f"a flags string, a FILE.json or a preset: {', '.join(sorted(PRESETS))})")
+    try:
+        return load_openai_classifier(args.classifier, _model_config(args.classifier_config))
+    except (OSError, ValueError) as e:
+        parser.error(f"--classifier {args.classifier}: {e}")
+
+
 def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """(score model, x0 hook, data value range, name) for `scoregen sample`, guidance applied."""
     from .guidance import ClassifierFreeGuidance, ClassifierGuidance
@@ -572,7 +694,10 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
             if not 0 <= args.label < target.num_classes:
                 parser.error(f"--label must be a class of {target.name}: 0..{target.num_classes - 1}, got {args.label}")
             model = ClassifierGuidance(target, target.classifier, 1.0 if args.guidance_scale is None else args.guidance_scale)
-        return model, None, None, target.name
+        return model, None, None, target.name, None
+    fmt = _checkpoint_format(args, parser)
+    if fmt != "scoregen":
+        return _foreign_model(args, parser, fmt)
     net, config = load_checkpoint(args.checkpoint)
     if getattr(net, "parameterization", None) is None:
         if getattr(net, "schedule", None) is None:  # a judge: no noise levels, so no guidance either
@@ -604,7 +729,9 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     if args.label is not None:
         kind = f"classifier guidance ({args.classifier})" if args.classifier else "classifier-free guidance"
         name += f", {kind} to class {args.label} with scale {model.scale:g}"
-    return model, hook, value_range, name
+    if args.model_config is not None:
+        parser.error("--model-config applies to openai, score_sde and ncsnv2 checkpoints; a scoregen checkpoint holds its own")
+    return model, hook, value_range, name, None
 
 
 def _data_range_arg(value: str) -> tuple[float, float]:

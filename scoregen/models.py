@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_real
-from .schedules import Schedule, m_sigma_from_log_snr, ve_levels
+from .schedules import Schedule, ve_levels
 
 Level = Union[float, Tensor]
 Parameterization = Literal["eps", "score", "x0", "v"]
@@ -335,7 +335,7 @@ class LevelMap:
         sig, mm = sigma.detach().cpu().numpy(), m.detach().cpu().numpy()
         with np.errstate(divide="ignore"):
             t = np.asarray(self._model_time(2.0 * (np.log(mm) - np.log(sig))), dtype=np.float64)
-        m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+        m_t, sigma_t = self.schedule.m(t), self.schedule.sigma(t)  # its own coordinates (sub-VP is neither VP nor VE)
         return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=sigma.device) for a in (t, m_t, sigma_t))
 
     def _scalar(self, sigma: float, m: float) -> tuple[float, float, float, float]:
@@ -346,7 +346,7 @@ class LevelMap:
             check_level(sigma, m, None)
             log_snr = 2.0 * (math.log(m) - math.log(sigma)) if sigma > 0 else math.inf
             t = float(self._model_time(log_snr))
-            m_t, sigma_t = m_sigma_from_log_snr(self.schedule.log_snr(t), self.schedule.variance_preserving)
+            m_t, sigma_t = self.schedule.m(t), self.schedule.sigma(t)
             hit = (t, m_t, sigma_t, m_t / m)
             if len(self._cache) > self.CACHE_LIMIT:
                 self._cache.clear()
@@ -358,8 +358,8 @@ class LevelMap:
         vectorised pass, so that the sampler's loop only looks them up.
 
         The entries are bit-identical to what :meth:`_scalar` computes one level at a time: the log-SNR with the same
-        ``math.log`` per level, then the same numpy functions (``nearest_time`` or ``t_from_log_snr``, ``log_snr``,
-        :func:`m_sigma_from_log_snr`) on arrays, which apply the same element-wise operations as on the 0-d arrays
+        ``math.log`` per level, then the same numpy functions (``nearest_time`` or ``t_from_log_snr``, the schedule's
+        ``m`` and ``sigma``) on arrays, which apply the same element-wise operations as on the 0-d arrays
         of the scalar path. Levels already cached, or invalid (not finite, sigma < 0, m <= 0: their query raises
         the usual error), are skipped; at most :attr:`CACHE_LIMIT` levels are mapped (the first ones)."""
         sig = np.asarray(sigma, dtype=np.float64).reshape(-1)
@@ -377,7 +377,7 @@ class LevelMap:
         # exactly _scalar's log-SNR, one math.log per level (numpy's vectorised log may round differently)
         log_snr = np.array([2.0 * (math.log(mk) - math.log(sk)) if sk > 0 else math.inf for sk, mk in keys])
         t = np.asarray(self._model_time(log_snr), dtype=np.float64)
-        m_t, sigma_t = m_sigma_from_log_snr(np.asarray(self.schedule.log_snr(t)), self.schedule.variance_preserving)
+        m_t, sigma_t = self.schedule.m(t), self.schedule.sigma(t)
         m_t, sigma_t = np.asarray(m_t).reshape(-1), np.asarray(sigma_t).reshape(-1)
         for (sk, mk), ti, mti, sti in zip(keys, t.tolist(), m_t.tolist(), sigma_t.tolist()):
             self._cache[(sk, mk)] = (ti, mti, sti, mti / mk)

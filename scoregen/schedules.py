@@ -26,6 +26,7 @@ __all__ = [
     "DiscreteVE",
     "ContinuousVP",
     "ContinuousVE",
+    "ContinuousSubVP",
     "m_sigma_from_log_snr",
     "transition",
     "schedule_from_config",
@@ -380,6 +381,72 @@ class ContinuousVE(_Continuous):
         return f"ContinuousVE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"
 
 
+class ContinuousSubVP(_Continuous):
+    """Score-SDE's sub-VP SDE (Song et al. 2021, eq. 29), t in [0, 1]: with ``B(t) = beta_min t + (beta_max -
+    beta_min) t^2 / 2`` (the VP SDE's integrated beta), ``m(t) = exp(-B / 2)`` (the VP SDE's signal scale) and
+    ``sigma(t) = 1 - exp(-B)`` (below the VP SDE's ``sqrt(1 - exp(-B))``), so ``m^2 + sigma^2 != 1``.
+
+    Neither VP nor VE: :meth:`m`, :meth:`sigma` and :meth:`levels` answer in the sub-VP coordinates the network was
+    trained in, which :class:`~scoregen.LevelMap` uses to rescale a caller's input. ``variance_preserving`` is True
+    because samplers that build levels from log-SNR alone put them in VP coordinates, the family sub-VP approaches at
+    both ends (``x_1`` is nearly N(0, I) and ``m`` is exactly VP's); the network never sees those coordinates.
+    """
+
+    variance_preserving = True
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+        if not (0 < beta_min < beta_max):
+            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min!r}, {beta_max!r}")
+        if not (0 < t_min < self.t_max):
+            raise ValueError(f"need 0 < t_min < {self.t_max:g}, got t_min={t_min!r}")
+        self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
+        self._config = {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
+
+    def _integrated_beta(self, t: Array) -> np.ndarray:
+        t_arr = self._check_t(t)
+        return self.beta_min * t_arr + 0.5 * (self.beta_max - self.beta_min) * t_arr**2
+
+    def log_snr(self, t: Array) -> Array:
+        b = self._integrated_beta(t)
+        with np.errstate(divide="ignore"):
+            out = -b - 2.0 * np.log(-np.expm1(-b))  # log(m^2 / sigma^2); +inf at t = 0
+        return float(out) if np.ndim(t) == 0 else out
+
+    def t_from_log_snr(self, log_snr: Array) -> Array:
+        # lambda = log(u / (1 - u)^2) with u = exp(-B) in (0, 1): the root u < 1 of a quadratic. Two forms of
+        # B = -log u that never overflow: log1p(a/2 + sqrt(a + a^2/4)), a = e^-lambda, for lambda > 0, and
+        # -lambda + log(e^lambda + (1 + sqrt(1 + 4 e^lambda)) / 2) for lambda <= 0.
+        lam = np.asarray(log_snr, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.exp(-np.maximum(lam, 0.0))
+            e = np.exp(np.minimum(lam, 0.0))
+            b = np.where(lam > 0, np.log1p(0.5 * a + np.sqrt(a + 0.25 * a * a)),
+                         -lam + np.log(e + 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * e))))
+        d = self.beta_max - self.beta_min
+        # t solves d/2 t^2 + beta_min t = B; written without cancellation for small B
+        t = 2.0 * b / (np.sqrt(self.beta_min**2 + 2.0 * d * b) + self.beta_min)
+        out = np.clip(t, self.t_min, self.t_max)
+        return float(out) if np.ndim(log_snr) == 0 else out
+
+    def m(self, t: Array) -> Array:
+        """``exp(-B(t) / 2)``: the signal scale, as the VP SDE's."""
+        out = np.exp(-0.5 * self._integrated_beta(t))
+        return float(out) if np.ndim(t) == 0 else out
+
+    def sigma(self, t: Array) -> Array:
+        """``1 - exp(-B(t))``: the noise std in sub-VP coordinates (score-SDE's ``marginal_prob`` std)."""
+        out = -np.expm1(-self._integrated_beta(t))
+        return float(out) if np.ndim(t) == 0 else out
+
+    def levels(self, steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(m, sigma)`` of ``grid(steps)`` in sub-VP coordinates (not VP's: see the class docstring)."""
+        t = self.grid(steps)
+        return self.m(t), self.sigma(t)
+
+    def __repr__(self) -> str:
+        return f"ContinuousSubVP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
+
+
 def ve_levels(schedule: Schedule) -> tuple[float, float]:
     """(largest, smallest) VE noise level ``sigma / m`` of the schedule's trained levels (continuous: its grid's): the
     range of the karras and logsnr step grids, and of a model's ``sigma_range``."""
@@ -390,7 +457,8 @@ def ve_levels(schedule: Schedule) -> tuple[float, float]:
 
 def schedule_from_config(config: dict) -> Schedule:
     """Rebuild a schedule from :meth:`Schedule.to_config`; an unknown type or field is a clear error."""
-    kinds = {"DiscreteVP": DiscreteVP, "DiscreteVE": DiscreteVE, "ContinuousVP": ContinuousVP, "ContinuousVE": ContinuousVE}
+    kinds = {"DiscreteVP": DiscreteVP, "DiscreteVE": DiscreteVE, "ContinuousVP": ContinuousVP, "ContinuousVE": ContinuousVE,
+             "ContinuousSubVP": ContinuousSubVP}
     if not isinstance(config, dict):
         raise ValueError(f"a schedule config is a dict with a 'type' (see Schedule.to_config()), got {type(config).__name__}")
     cfg = dict(config)

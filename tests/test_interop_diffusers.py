@@ -366,14 +366,15 @@ def test_dtype_and_repr(saved):
 
 def test_unsupported_scheduler_and_configs_are_named():
     unet = _unet()
-    with pytest.raises(ValueError, match=r"unsupported scheduler 'EulerDiscreteScheduler'.*DDPMScheduler"):
-        from_diffusers(unet, {"_class_name": "EulerDiscreteScheduler"})
-    with pytest.raises(ValueError, match=r"unsupported beta_schedule 'sigmoid'.*squaredcos_cap_v2"):
-        from_diffusers(unet, {"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"})
+    with pytest.raises(ValueError, match=r"unsupported scheduler 'MyScheduler'.*DDPMScheduler"):
+        from_diffusers(unet, {"_class_name": "MyScheduler"})
+    with pytest.raises(ValueError, match=r"unsupported beta_schedule 'cosine'.*squaredcos_cap_v2"):
+        from_diffusers(unet, {"_class_name": "DDPMScheduler", "beta_schedule": "cosine"})
     with pytest.raises(ValueError, match=r"unsupported prediction_type 'flow'.*v_prediction"):
         from_diffusers(unet, {"_class_name": "DDIMScheduler", "prediction_type": "flow"})
-    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
-        from_diffusers(unet, DDIMScheduler(rescale_betas_zero_snr=True))
+    zero_snr = from_diffusers(unet, DDIMScheduler(rescale_betas_zero_snr=True, beta_schedule="scaled_linear",
+                                                  beta_start=0.00085, beta_end=0.012))  # clamped as diffusers' Euler
+    assert zero_snr.schedule.abar[-1] == pytest.approx(2.0**-24, rel=1e-9) and "rescale_betas_zero_snr" in zero_snr.scheduler_note
     with pytest.raises(ValueError, match="no '_class_name'"):
         from_diffusers(unet, {"beta_schedule": "linear"})
     with pytest.raises(ValueError, match="ScoreSdeVeScheduler needs an NCSN\\+\\+ UNet"):

@@ -17,7 +17,7 @@ import torch
 yaml = pytest.importorskip("yaml")
 
 import scoregen as sg  # noqa: E402
-from scoregen.interop.ncsnv2 import load_ncsnv2, ncsnv2_config, ncsnv2_network  # noqa: E402
+from scoregen.interop.ncsnv2 import load_ncsnv2, ncsnv2_config, ncsnv2_initial_state, ncsnv2_network  # noqa: E402
 from scoregen.networks.ncsnv2 import NCSNv2  # noqa: E402
 
 SIGMA_BEGIN, SIGMA_END, LEVELS = 8.0, 0.01, 10
@@ -38,15 +38,18 @@ def _config(dataset="CIFAR10", image_size=8, channels=3, ngf=4, **model):
     }
 
 
-def _reference_sigmas(begin=SIGMA_BEGIN, end=SIGMA_END, levels=LEVELS):
-    """models/__init__.py get_sigmas, 'geometric': exp(linspace(log begin, log end, L)), then float32."""
+def _reference_sigmas(begin=SIGMA_BEGIN, end=SIGMA_END, levels=LEVELS, dist="geometric"):
+    """models/__init__.py get_sigmas: 'geometric' exp(linspace(log begin, log end, L)), 'uniform'
+    linspace(begin, end, L); then float32."""
+    if dist == "uniform":
+        return np.linspace(begin, end, levels)
     return np.exp(np.linspace(np.log(begin), np.log(end), levels))
 
 
-def _net(seed, variant="ncsnv2", image_size=8, channels=3, ngf=4, levels=LEVELS):
+def _net(seed, variant="ncsnv2", image_size=8, channels=3, ngf=4, levels=LEVELS, dist="geometric", centered=False):
     torch.manual_seed(seed)
-    schedule = sg.DiscreteVE(_reference_sigmas(levels=levels))
-    return NCSNv2(image_size, channels, schedule, ngf=ngf, variant=variant).eval()
+    schedule = sg.DiscreteVE(_reference_sigmas(levels=levels, dist=dist))
+    return NCSNv2(image_size, channels, schedule, ngf=ngf, variant=variant, centered=centered).eval()
 
 
 def _states(model, shadow_net, with_ema=True):
@@ -374,7 +377,7 @@ def _with(section, **kw):
     (_with("data", dataset="MNIST"), {}, "unknown data.dataset 'MNIST'"),
     (_config(), dict(variant="huge"), "unknown variant 'huge'"),
     (_with("data", logit_transform=True), {}, "logit_transform: true is not supported"),
-    (_with("model", sigma_dist="uniform"), {}, "sigma_dist 'uniform' is not supported.*geometric"),
+    (_with("model", sigma_dist="cosine"), {}, r"sigma_dist 'cosine' is not supported.*\['geometric', 'uniform'\]"),
     (_with("model", normalization="BatchNorm"), {}, "normalization 'BatchNorm' is not supported"),
     (_with("model", nonlinearity="relu"), {}, "nonlinearity 'relu' is not supported"),
     (_with("data", image_size="8"), {}, r"data.image_size must be an integer in \[1, 4096\], got '8'"),
@@ -405,3 +408,114 @@ def test_missing_pyyaml_says_how_to_install_it(monkeypatch, tmp_path):
     path.write_text("data: {}\n")
     with pytest.raises(ImportError, match=r"pip install 'scoregen\[ncsnv2\]'"):
         ncsnv2_config(path)
+
+
+# ------------------------------------------------------------------------------- uniform sigmas, uniform start
+@pytest.fixture
+def uniform(tmp_path):
+    """A checkpoint trained with model.sigma_dist: uniform (and its config)."""
+    model, shadow = _net(1, dist="uniform"), _net(2, dist="uniform")
+    ckpt, cfg = _write(tmp_path, _states(model, shadow), _config(sigma_dist="uniform"))
+    return model, shadow, ckpt, cfg
+
+
+def test_uniform_sigma_dist_gives_the_original_evenly_spaced_sigmas(uniform, tmp_path):
+    model, shadow, ckpt, cfg = uniform
+    net = load_ncsnv2(ckpt, cfg)
+    expected = _reference_sigmas(dist="uniform")
+    np.testing.assert_array_equal(net.schedule.sigmas, expected)
+    assert torch.equal(net.sigmas, torch.tensor(expected).float())  # the buffer the original registers
+    assert np.allclose(np.diff(net.schedule.sigmas), (SIGMA_END - SIGMA_BEGIN) / (LEVELS - 1), rtol=1e-12, atol=0)
+    x, t = _x(), torch.tensor([0, 7])
+    with torch.no_grad():
+        assert torch.equal(net(x, t), shadow(x, t))
+        sigma = float(expected[7])  # the score model answers at the uniform level itself
+        torch.testing.assert_close(net.score_model().eps(x, sigma), -sigma * shadow(x, torch.full((2,), 7)))
+    # a checkpoint of one sigma_dist with the config of the other: the sigmas disagree
+    with pytest.raises(ValueError, match=r"sigmas \(10 levels from 8 to 0.01\) disagree"):
+        load_ncsnv2(ckpt, _config(sigma_dist="geometric"), ema=False)
+    (tmp_path / "other").mkdir()
+    geometric, _ = _write(tmp_path / "other", _states(_net(1), _net(2)), _config())
+    with pytest.raises(ValueError, match=r"sigmas \(10 levels from 8 to 0.01\) disagree"):
+        load_ncsnv2(geometric, cfg)
+
+
+@pytest.mark.parametrize("rescaled", [False, True])
+def test_initial_state_is_the_original_uniform_start(tmp_path, rescaled):
+    """runners/ncsn_runner.py: init_samples = torch.rand(n, C, H, W), then data_transform (2x - 1 when rescaled)."""
+    config = _config()
+    config["data"]["rescaled"] = rescaled
+    ckpt, cfg = _write(tmp_path, _states(_net(1), _net(2, centered=rescaled)), config)
+    net = load_ncsnv2(ckpt, cfg)
+    want = torch.rand((5, 3, 8, 8), generator=torch.Generator().manual_seed(7))
+    want = 2 * want - 1 if rescaled else want
+    for source in (net, net.score_model(), sg.X0Hook(net.score_model(), sg.clip_x0(-1, 1))):
+        got = ncsnv2_initial_state(source, 5, seed=7)
+        assert got.shape == (5, 3, 8, 8) and got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(ncsnv2_initial_state(net, 5, generator=torch.Generator().manual_seed(7)), want)
+    assert (want.min() < 0) == rescaled
+
+
+def test_initial_state_errors():
+    net = _net(1)
+    with pytest.raises(ValueError, match="NCSNv2 network or its score model"):
+        ncsnv2_initial_state(sg.DiscreteVE.geometric(), 2)
+    with pytest.raises(ValueError, match="seed or generator, not both"):
+        ncsnv2_initial_state(net, 2, seed=0, generator=torch.Generator())
+    with pytest.raises(ValueError, match="n must be"):
+        ncsnv2_initial_state(net, 0)
+
+
+def _original_annealed_langevin(net, x_mod, sigmas, n_steps_each, step_lr, generator, denoise=True):
+    """models/__init__.py anneal_Langevin_dynamics, written out: float32 sigmas (``sigmas.cpu().numpy()``), the
+    level index as the label, step_size = step_lr (sigma / sigma_L)^2, one standard normal draw per step, and the
+    final denoising step x + sigma_L^2 s(x, L - 1)."""
+    n = x_mod.shape[0]
+    for c, sigma in enumerate(sigmas):
+        labels = torch.full((n,), c, dtype=torch.long)
+        step_size = step_lr * (sigma / sigmas[-1]) ** 2
+        for _ in range(n_steps_each):
+            grad = net(x_mod, labels)
+            noise = torch.randn(x_mod.shape, generator=generator)
+            x_mod = x_mod + step_size * grad + noise * np.sqrt(step_size * 2)
+    if denoise:
+        x_mod = x_mod + sigmas[-1] ** 2 * net(x_mod, torch.full((n,), len(sigmas) - 1, dtype=torch.long))
+    return x_mod
+
+
+@pytest.mark.parametrize("dist, rescaled", [("uniform", False), ("geometric", True)])
+def test_langevin_from_the_uniform_start_is_the_original_sampler(tmp_path, dist, rescaled):
+    """scoregen.sample(model, "langevin", x_start=ncsnv2_initial_state(...)) runs the original's loop: the same
+    levels, step sizes, noise draws and final denoising step. sample() draws its prior noise (n, C, H, W) from the
+    generator first and x_start replaces it, so the reference's generator skips that one draw."""
+    config = _config(sigma_dist=dist)
+    config["data"]["rescaled"] = rescaled
+    shadow = _net(2, dist=dist, centered=rescaled)
+    ckpt, cfg = _write(tmp_path, _states(_net(1, dist=dist), shadow), config)
+    net = load_ncsnv2(ckpt, cfg)
+    n, steps, step_lr = 3, 2, 6.2e-6  # configs/cifar10.yml's step_lr
+
+    start = ncsnv2_initial_state(net, n, seed=11)
+    g = torch.Generator().manual_seed(5)
+    torch.randn((n, 3, 8, 8), generator=g)  # sample()'s prior draw, unused with x_start
+    sigmas = net.sigmas.numpy()  # float32, as the original hands them to its loop
+    with torch.no_grad():
+        want = _original_annealed_langevin(shadow, start.clone(), sigmas, steps, step_lr, g)
+
+    res = sg.sample(net.score_model(), "langevin", n=n, generator=torch.Generator().manual_seed(5), x_start=start,
+                    steps_per_level=steps, step_lr=step_lr, final_denoise=True, progress=False)
+    assert res.nfe == LEVELS * steps + 1
+    torch.testing.assert_close(res.samples, want, rtol=1e-4, atol=1e-4)
+    assert float((res.samples - start).abs().max()) > 0.1  # the chain moved
+    other = sg.sample(net.score_model(), "langevin", n=n, seed=6, x_start=start, steps_per_level=steps,
+                      step_lr=step_lr, final_denoise=True, progress=False).samples
+    assert not torch.allclose(other, want, atol=1e-2)  # the noise draws matter: the match is not by accident
+
+
+def test_every_sampler_runs_on_a_loaded_uniform_sigma_model(uniform):
+    *_, ckpt, cfg = uniform
+    model = load_ncsnv2(ckpt, cfg).score_model()
+    options = {"langevin": dict(levels=2, steps_per_level=2), "ddim": dict(steps=3, eta=0.5)}
+    for name in sg.SAMPLERS:
+        res = sg.sample(model, name, n=2, seed=0, progress=False, **options.get(name, dict(steps=3)))
+        assert res.samples.shape == (2, 3, 8, 8) and torch.isfinite(res.samples).all(), name

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..models import Level, ScoreModel, _col, _on_host
-from ..schedules import Schedule, m_sigma_from_log_snr
+from ..schedules import Schedule
 
 __all__ = ["score_fn", "eps_fn", "denoiser", "CONVENTIONS"]
 
@@ -139,13 +139,14 @@ def _level_map(model: ScoreModel, convention: str, schedule: Optional[Schedule])
         )
 
     def host(t: Tensor) -> tuple[Tensor, Tensor]:
-        m, sigma = m_sigma_from_log_snr(schedule.log_snr(t.detach().cpu().numpy().astype(np.float64)), True)
+        labels = t.detach().cpu().numpy().astype(np.float64)
+        m, sigma = schedule.m(labels), schedule.sigma(labels)  # its own coordinates (sub-VP: m^2 + sigma^2 < 1)
         return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64), device=t.device) for a in (sigma, m))
 
     def vp(t: Level) -> tuple[Level, Level]:
         if isinstance(t, Tensor):
             return _on_host(host, t)  # works under torch.func.vmap too
-        m, sigma = m_sigma_from_log_snr(schedule.log_snr(t), True)
+        m, sigma = schedule.m(t), schedule.sigma(t)
         return float(sigma), float(m)
 
     return vp

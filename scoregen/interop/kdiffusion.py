@@ -8,6 +8,12 @@ k-diffusion (Crowson) and EDM (Karras et al. 2022) describe every model as a den
 over its trained levels). :func:`from_denoiser` turns any such ``D`` into a :class:`~scoregen.ScoreModel`,
 so every scoregen sampler and guidance transform runs on it.
 
+EDM's networks come in two forms, both accepted: the preconditioned denoiser (an EDM ``*Precond`` module, or
+:func:`scoregen.interop.edm.load_edm` for a snapshot file), and the raw network ``F(c_in x, c_noise, labels)``
+that EDM's ``EDMPrecond`` wraps; for the latter pass ``sigma_data`` and :func:`from_denoiser` applies EDM's
+preconditioning itself (:func:`edm_preconditioned`). Conditional EDM networks take one-hot labels: pass
+``label_map=one_hot(num_classes)`` so that scoregen's integer labels ``y`` of shape (B,) reach them as such.
+
 A DDPM-style ``eps(x_t, t)`` callable with its schedule needs no adapter here: that is
 ``NetworkScoreModel(fn, schedule, "eps", shape=...)`` (``time="fractional"`` for networks that take
 fractional labels), and :func:`scoregen.interop.export.eps_fn` is its inverse.
@@ -18,13 +24,60 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_real
+from .._checks import check_int, check_real
 from ..models import Level, ScoreModel, _col, check_level, network_input
 from ..schedules import ContinuousVE
 
-__all__ = ["DenoiserScoreModel", "from_denoiser"]
+__all__ = ["DenoiserScoreModel", "from_denoiser", "edm_preconditioned", "one_hot"]
+
+
+def one_hot(num_classes: int) -> Callable[[Tensor], Tensor]:
+    """A ``label_map`` for :func:`from_denoiser`: integer labels ``y`` of shape (B,) in [0, num_classes) to
+    one-hot rows of shape (B, num_classes) in float32 (what EDM's conditional networks take as
+    ``class_labels``). A label outside the range is a ValueError naming it."""
+    num_classes = check_int("num_classes", num_classes, 1)
+
+    def to_one_hot(y: Tensor) -> Tensor:
+        if not isinstance(y, Tensor) or y.ndim != 1 or y.dtype.is_floating_point or y.is_complex():
+            got = f"shape {tuple(y.shape)} of {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"one_hot({num_classes}) maps integer class labels of shape (B,), got {got}")
+        if y.numel() and not (0 <= int(y.min()) and int(y.max()) < num_classes):
+            raise ValueError(f"class labels must lie in [0, {num_classes - 1}] for this {num_classes}-class network, "
+                             f"got labels from {int(y.min())} to {int(y.max())}")
+        return F.one_hot(y.long(), num_classes).to(torch.float32)
+
+    to_one_hot.__name__ = f"one_hot_{num_classes}"
+    return to_one_hot
+
+
+def edm_preconditioned(network: Callable[..., Tensor], sigma_data: float) -> Callable[..., Tensor]:
+    """EDM's denoiser around a raw network ``F`` (Karras et al. 2022, Table 1, "Ours"):
+    ``D(x, sigma, *labels) = c_skip x + c_out F(c_in x, c_noise, *labels)`` with ``s`` = sigma, ``sd`` =
+    ``sigma_data``, ``c_skip = sd^2 / (s^2 + sd^2)``, ``c_out = s sd / sqrt(s^2 + sd^2)``,
+    ``c_in = 1 / sqrt(s^2 + sd^2)``, ``c_noise = log(s) / 4``.
+
+    ``F`` receives ``c_in x`` shaped like x and ``c_noise`` of shape (B,) (EDM's networks embed it as a real
+    time label); any further arguments (the label) are passed on unchanged. sigma has shape (B,).
+    """
+    if not callable(network):
+        raise TypeError(f"network must be callable as F(c_in x, c_noise), got {type(network).__name__}")
+    sigma_data = check_real("sigma_data", sigma_data, 0.0, lo_open=True)
+    sd2 = sigma_data ** 2
+
+    def denoiser(x: Tensor, sigma: Tensor, *args, **kwargs) -> Tensor:
+        s = _col(sigma, x)
+        c_skip, c_out, c_in = sd2 / (s ** 2 + sd2), s * sigma_data / (s ** 2 + sd2).sqrt(), 1 / (s ** 2 + sd2).sqrt()
+        out = network(c_in * x, sigma.log() / 4, *args, **kwargs)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the network returned {got}, expected a tensor shaped like its input {tuple(x.shape)}")
+        return c_skip * x + c_out * out
+
+    denoiser.__name__ = f"edm_preconditioned({getattr(network, '__name__', type(network).__name__)})"
+    return denoiser
 
 
 class DenoiserScoreModel(ScoreModel):
@@ -35,7 +88,8 @@ class DenoiserScoreModel(ScoreModel):
     ``s = sigma / m`` and the VE state ``x / m``; ``s`` is clamped to ``[sigma_min, sigma_max]`` (a level
     outside the trained range is answered at its nearest end, so ``sigma = 0`` is answered at ``sigma_min``)
     and ``eps = (x / m - D(x / m, s)) / s``. ``D`` receives ``s`` as a tensor of shape ``(B,)`` in x's dtype,
-    and the class label ``y`` as ``D(x, s, y)`` or, with ``label_kwarg``, as ``D(x, s, **{label_kwarg: y})``.
+    and the class label ``y`` (after ``label_map``, when given) as ``D(x, s, y)`` or, with ``label_kwarg``, as
+    ``D(x, s, **{label_kwarg: y})``.
 
     ``schedule`` is ``ContinuousVE(sigma_min, sigma_max, t_min=0)``: samplers' default grids run from
     sigma_max down to sigma_min, geometrically. ``D`` gets its own copy of the input (:attr:`protects_input`).
@@ -44,14 +98,17 @@ class DenoiserScoreModel(ScoreModel):
     protects_input = True
 
     def __init__(self, denoiser: Callable[..., Tensor], shape: tuple[int, ...], sigma_min: float, sigma_max: float,
-                 *, label_kwarg: Optional[str] = None):
+                 *, label_kwarg: Optional[str] = None, label_map: Optional[Callable[[Tensor], Tensor]] = None):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable as D(x, sigma), got {type(denoiser).__name__}")
         sigma_min = check_real("sigma_min", sigma_min, 0.0, lo_open=True)
         sigma_max = check_real("sigma_max", sigma_max, 0.0, lo_open=True)
         if not sigma_max > sigma_min:
             raise ValueError(f"need finite sigma_max > sigma_min > 0, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+        if label_map is not None and not callable(label_map):
+            raise TypeError(f"label_map must be callable as label_map(y), got {type(label_map).__name__}")
         self.denoiser, self.shape, self.label_kwarg = denoiser, tuple(int(s) for s in shape), label_kwarg
+        self.label_map = label_map
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.schedule = ContinuousVE(sigma_min, sigma_max, t_min=0.0)
 
@@ -67,6 +124,8 @@ class DenoiserScoreModel(ScoreModel):
         s = self.ve_sigma(x, sigma, m)
         x_ve = x if not isinstance(m, Tensor) and m == 1.0 else x / _col(m, x)
         d_in = network_input(x, x_ve, read_after=True)  # eps below reads x_ve: D may write to its own copy only
+        if y is not None and self.label_map is not None:
+            y = self.label_map(y)
         if y is None:
             out = self.denoiser(d_in, s)
         elif self.label_kwarg is None:
@@ -84,7 +143,8 @@ class DenoiserScoreModel(ScoreModel):
 
 
 def from_denoiser(denoiser: Callable[..., Tensor], shape: tuple[int, ...], sigma_min: float, sigma_max: float,
-                  *, label_kwarg: Optional[str] = None) -> DenoiserScoreModel:
+                  *, label_kwarg: Optional[str] = None, label_map: Optional[Callable[[Tensor], Tensor]] = None,
+                  sigma_data: Optional[float] = None) -> DenoiserScoreModel:
     """Wrap a k-diffusion / EDM denoiser ``D(x, sigma) -> x0_hat`` (VE coordinates) as a scoregen score model.
 
     Args:
@@ -95,9 +155,16 @@ def from_denoiser(denoiser: Callable[..., Tensor], shape: tuple[int, ...], sigma
             ``DiscreteEpsDDPMDenoiser``: its ``sigma_min``, ``sigma_max``); queries are clamped to it.
         label_kwarg: pass a class label as this keyword (k-diffusion wrappers take ``**kwargs``) instead of
             as the third positional argument.
+        label_map: applied to the integer labels ``y`` (shape (B,)) before they reach the denoiser, e.g.
+            :func:`one_hot` ``(num_classes)`` for EDM's conditional networks, which take one-hot rows.
+        sigma_data: when given, ``denoiser`` is not a denoiser but EDM's raw network
+            ``F(c_in x, c_noise[, label])``, and the model's denoiser is EDM's preconditioning of it,
+            ``D = c_skip x + c_out F`` (:func:`edm_preconditioned`; EDM trains with sigma_data = 0.5).
 
     Returns:
         a :class:`DenoiserScoreModel` with ``eps = (x - D(x, sigma)) / sigma`` for VE callers and log-SNR
         matching (input ``x / m``, level ``sigma / m``) for VP callers.
     """
-    return DenoiserScoreModel(denoiser, shape, sigma_min, sigma_max, label_kwarg=label_kwarg)
+    if sigma_data is not None:
+        denoiser = edm_preconditioned(denoiser, sigma_data)
+    return DenoiserScoreModel(denoiser, shape, sigma_min, sigma_max, label_kwarg=label_kwarg, label_map=label_map)

@@ -18,7 +18,13 @@ The original training run leaves two files that together describe a model:
 Conventions of the returned network: inputs are images of shape (B, data.channels, image_size, image_size)
 in [0, 1] (``centered=False``), or in [-1, 1] when the config says ``data.rescaled: true``
 (``centered=True``); ``net(x, t)`` takes NCSN labels t = 0 .. num_classes - 1, 0 being sigma_begin, and
-returns the score ``h(x) / sigma_t``; its schedule is the config's geometric sigmas, largest first.
+returns the score ``h(x) / sigma_t``; its schedule is the config's sigmas, largest first: geometric
+(``model.sigma_dist: geometric``, every published config) or evenly spaced (``uniform``), as the original
+``get_sigmas`` builds them.
+
+Sampling as the original does. The original's annealed Langevin loop starts from uniform noise images, not from
+the Gaussian prior: :func:`ncsnv2_initial_state` draws that state, for
+``scoregen.sample(net.score_model(), "langevin", x_start=ncsnv2_initial_state(net, n, seed=0), ...)``.
 
 Files are read with ``torch.load(..., weights_only=True)`` (:func:`scoregen.io.safe_torch_load`, memory-mapped
 when the file allows): a checkpoint that holds anything other than tensors and plain containers is refused
@@ -39,10 +45,11 @@ import torch
 from .._checks import check_int, check_real
 from ..io import MAX_CONFIG_BYTES, read_capped, safe_torch_load
 from ..io.tensors import tensor_mismatch
+from ..models import innermost
 from ..networks.ncsnv2 import VARIANTS, NCSNv2
 from ..schedules import MAX_LEVELS, DiscreteVE
 
-__all__ = ["ncsnv2_config", "ncsnv2_network", "load_ncsnv2"]
+__all__ = ["ncsnv2_config", "ncsnv2_network", "load_ncsnv2", "ncsnv2_initial_state", "SIGMA_DISTS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -53,6 +60,8 @@ _NAMESPACE_TAG = "tag:yaml.org,2002:python/object:argparse.Namespace"
 #: The largest value each integer key may take (published configs: image_size 32..256, channels 3, ngf 128,
 #: num_classes 232..2000): far beyond any real model, small enough that a config never asks for terabytes.
 LIMITS = {"data.image_size": 4096, "data.channels": 64, "model.ngf": 2048, "model.num_classes": MAX_LEVELS}
+#: The ``model.sigma_dist`` values of the original ``get_sigmas``: log-spaced or evenly spaced levels.
+SIGMA_DISTS = ("geometric", "uniform")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -127,15 +136,17 @@ def _flag(config: Mapping, key: str) -> bool:
 
 
 def _reference_sigmas(config: Mapping) -> np.ndarray:
-    """The original ``get_sigmas``: L = num_classes levels, log-spaced from sigma_begin to sigma_end (float64)."""
+    """The original ``get_sigmas``: L = num_classes levels from sigma_begin down to sigma_end (float64), log-spaced
+    (``geometric``) or evenly spaced (``uniform``)."""
     dist = _get(config, "model.sigma_dist")
-    if dist != "geometric":
-        raise ValueError(f"model.sigma_dist {dist!r} is not supported: only 'geometric' sigmas (every published "
-                         "NCSNv2 config) are")
+    if dist not in SIGMA_DISTS:
+        raise ValueError(f"model.sigma_dist {dist!r} is not supported: the original get_sigmas knows {list(SIGMA_DISTS)}")
     begin, end = _positive_real(config, "model.sigma_begin"), _positive_real(config, "model.sigma_end")
     levels = _int(config, "model.num_classes")
     if not begin > end:
         raise ValueError(f"model.sigma_begin ({begin:g}) must be larger than model.sigma_end ({end:g})")
+    if dist == "uniform":
+        return np.linspace(begin, end, levels)
     return np.exp(np.linspace(np.log(begin), np.log(end), levels))
 
 
@@ -145,8 +156,8 @@ def ncsnv2_network(config: Union[Mapping, PathLike], *, variant: Optional[str] =
 
     ``variant`` overrides the choice by ``data.dataset`` (CIFAR10 / CELEBA: ``"ncsnv2"``, LSUN:
     ``"deeper"``, FFHQ: ``"deepest"``). Raises ValueError for a missing key or an option scoregen's
-    NCSNv2 does not implement (logit-transformed inputs, non-geometric sigmas, a normalization other
-    than InstanceNorm++, a nonlinearity other than ELU).
+    NCSNv2 does not implement (logit-transformed inputs, a sigma_dist other than geometric or uniform, a
+    normalization other than InstanceNorm++, a nonlinearity other than ELU).
     """
     if not isinstance(config, Mapping):
         config = ncsnv2_config(config)
@@ -279,3 +290,43 @@ def load_ncsnv2(checkpoint_path: PathLike, config_path: Union[PathLike, Mapping]
         state.setdefault("sigmas", net.sigmas)
     net.load_state_dict(state, strict=True)
     return net.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def ncsnv2_initial_state(net_or_model: Any, n: int, seed: Optional[int] = None,
+                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The state the original NCSNv2 sampler starts annealed Langevin dynamics from: uniform noise images.
+
+    The original draws ``torch.rand(n, C, H, W)`` (pixels uniform in [0, 1]) and applies its ``data_transform``,
+    which maps them to ``2x - 1`` when ``data.rescaled`` is on; scoregen's prior would instead start from
+    N(0, sigma_max^2). The dequantization flags that ``data_transform`` also reads are off in every published
+    config and are not applied.
+
+    Args:
+        net_or_model: an :class:`~scoregen.NCSNv2` (e.g. from :func:`load_ncsnv2`), or its score model
+            (``net.score_model()``, possibly wrapped in guidance or hooks).
+        n: the number of images, an integer >= 1.
+        seed / generator: the source of the draw, one or the other (neither: torch's global generator, as the
+            original does); a generator must be on the network's device.
+
+    Returns: a float32 tensor of shape (n, C, H, W) on the network's device, in the network's input range
+    ([0, 1], or [-1, 1] for a ``centered`` network). Pass it as
+    ``scoregen.sample(model, "langevin", n=n, x_start=state, final_denoise=True, step_lr=..., steps_per_level=...)``:
+    without ``start_level``, ``x_start`` is the state at the grid's first level, here sigma_begin (langevin's
+    default grid on this model is exactly the trained sigmas).
+    """
+    net = innermost(net_or_model)
+    net = getattr(net, "net", net)  # a NetworkScoreModel holds the network
+    if not isinstance(net, NCSNv2):
+        raise ValueError(f"ncsnv2_initial_state needs an NCSNv2 network or its score model, got {type(net_or_model).__name__}")
+    n = check_int("n", n)
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    device = net.sigmas.device
+    if seed is not None:
+        generator = torch.Generator(device).manual_seed(check_int("seed", seed, 0, 2**63 - 1))
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device} but the network is on {device}: "
+                         f"make it with torch.Generator({str(device)!r})")
+    x = torch.rand((n, *net.shape), generator=generator, device=device, dtype=torch.float32)
+    return 2.0 * x - 1.0 if net.centered else x

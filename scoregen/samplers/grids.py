@@ -133,8 +133,10 @@ def respace(T: int, spec: str) -> list[int]:
 
     ``"ddimN"``: the stride-k positions ``0, k, 2k, ...`` for the smallest k giving exactly N of them (DDIM's
     uniform skip). ``"a,b,c"``: the T steps cut into len(spec) consecutive sections as equal as possible (the first
-    ``T % sections`` one longer), and in a section of ``size`` steps ``count`` positions at the rounded multiples of
-    ``(size - 1) / (count - 1)`` from its start (its first step only for a count of 1).
+    ``T % sections`` one longer), and in a section of ``size`` steps ``count`` positions at the rounded partial sums of
+    the stride ``(size - 1) / (count - 1)`` from its start (its first step only for a count of 1). The stride is
+    accumulated in floating point, as the original does: ``round(k * stride)`` differs where the sum's rounding
+    error crosses a half (T = 16, "15": position 7, not 8).
     """
     T = check_int("T (trained steps)", T, 1, MAX_LEVELS)
     if not isinstance(spec, str) or not spec.strip():
@@ -151,15 +153,18 @@ def respace(T: int, spec: str) -> list[int]:
     except ValueError:
         raise ValueError(f"a respacing is 'ddimN' or comma-separated section counts like '10,15,20', got {spec!r}") from None
     sections = len(counts)
-    if sections > T or any(c < 1 for c in counts):
-        raise ValueError(f"respacing {spec!r}: every section needs at least one step, and at most {T} sections")
+    if sections > T or any(c < 0 for c in counts) or sum(counts) == 0:
+        raise ValueError(f"respacing {spec!r}: 1 to {T} sections of non-negative step counts, at least one step in all")
     out, first = [], 0
     for j, count in enumerate(counts):
         size = T // sections + (j < T % sections)
         if count > size:
             raise ValueError(f"respacing {spec!r}: section {j} has {size} steps, fewer than the {count} asked for")
         stride = 1.0 if count == 1 else (size - 1) / (count - 1)
-        out += [first + round(k * stride) for k in range(count)]
+        position = 0.0
+        for _ in range(count):
+            out.append(first + round(position))
+            position += stride
         first += size
     return sorted(set(out))
 

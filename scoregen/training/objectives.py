@@ -30,7 +30,7 @@ from torch import Tensor
 from .._checks import check_real
 from ..likelihood.gaussian import Bins, discretized_gaussian_nll, gaussian_nll, normal_kl
 from ..models import PARAMETERIZATIONS, from_eps
-from ..schedules import DiscreteVE, DiscreteVP, Schedule, m_sigma_from_log_snr
+from ..schedules import DiscreteVE, DiscreteVP, Schedule
 from ..variance import kernels
 
 
@@ -47,7 +47,7 @@ def sample_times(schedule: Schedule, n: int, generator: Optional[torch.Generator
 
 def _noised(schedule: Schedule, x0: Tensor, labels: np.ndarray, generator: Optional[torch.Generator]):
     """x_t = m_t x0 + sigma_t eps at per-sample labels: (x_t, eps, m, sigma as (B, 1, ...), labels as float32 (B,))."""
-    m, sigma = m_sigma_from_log_snr(schedule.log_snr(labels), schedule.variance_preserving)
+    m, sigma = schedule.m(labels), schedule.sigma(labels)  # the schedule's own coordinates (sub-VP: neither VP nor VE)
     def col(a: np.ndarray) -> Tensor:  # (B,) -> (B, 1, ...), broadcasting against x0
         return torch.as_tensor(a, dtype=x0.dtype, device=x0.device).reshape(-1, *([1] * (x0.ndim - 1)))
 
