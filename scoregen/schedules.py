@@ -424,7 +424,8 @@ class ContinuousSubVP(_Continuous):
                          -lam + np.log(e + 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * e))))
         d = self.beta_max - self.beta_min
         # t solves d/2 t^2 + beta_min t = B; written without cancellation for small B
-        t = 2.0 * b / (np.sqrt(self.beta_min**2 + 2.0 * d * b) + self.beta_min)
+        with np.errstate(invalid="ignore"):  # B = inf (log-SNR -inf): inf / inf, answered as t_max below
+            t = np.where(b == np.inf, np.inf, 2.0 * b / (np.sqrt(self.beta_min**2 + 2.0 * d * b) + self.beta_min))
         out = np.clip(t, self.t_min, self.t_max)
         return float(out) if np.ndim(log_snr) == 0 else out
 

@@ -260,3 +260,12 @@ def test_every_sampler_runs_on_each_loaded_model(checkpoints, name):
     for sampler in sg.SAMPLERS:
         res = sg.sample(model, sampler, n=2, seed=0, progress=False, **options.get(sampler, dict(steps=2)))
         assert res.samples.shape == (2, 3, 8, 8) and torch.isfinite(res.samples).all(), sampler
+
+
+def test_discrete_vp_ncsnpp_takes_fewer_than_1000_scales():
+    """Only the continuous VP / sub-VP NCSN++ indexes its sigmas with labels up to 999; a discrete one with N steps
+    takes labels up to N - 1, so N = 500 is a valid original config."""
+    cfg = score_sde_config("vp/cifar10_ddpmpp", {"model": {"num_scales": 500}})
+    assert len(score_sde_schedule(cfg).times) == 500
+    with pytest.raises(ValueError, match="at least 1000"):
+        score_sde_config("vp/cifar10_ddpmpp_continuous", {"model": {"num_scales": 500}})

@@ -229,9 +229,9 @@ def _validate(cfg: dict) -> None:
     if sde == "vpsde" and not continuous and _number(cfg, "model.beta_max") / num_scales >= 1:
         raise ValueError(f"model.beta_max / model.num_scales must be below 1 (a discrete VP beta), got "
                          f"{beta_max:g} / {num_scales}")
-    if sde != "vesde" and name == "ncsnpp" and num_scales < 1000:
-        raise ValueError(f"model.num_scales must be at least 1000 for an 'ncsnpp' VP / sub-VP network: the original "
-                         f"looks up sigmas[label] with labels up to 999, got {num_scales}")
+    if sde != "vesde" and continuous and name == "ncsnpp" and num_scales < 1000:
+        raise ValueError(f"model.num_scales must be at least 1000 for a continuous 'ncsnpp' VP / sub-VP network: the "
+                         f"original looks up sigmas[label] with labels 999 t up to 999, got {num_scales}")
 
 
 def score_sde_config(config: Union[str, Mapping], overrides: Optional[Mapping] = None) -> dict:

@@ -135,7 +135,8 @@ def sample(
             With ``start_level`` (a VE noise level sigma / m; SDEdit, img2img), ``x_start`` is clean data: it is
             noised to that level with the run's initial noise (``m x_start + sigma z``) and the sampler solves down
             from there on the part of its grid below that level, the level itself first. Without it, ``x_start`` is
-            the state at the grid's first level, in the model's coordinates (NCSN's uniform start); langevin, whose
+            the state at the grid's first level, in the grid's coordinates (NCSN's uniform start): VE for VE models,
+            VP for the others (a sub-VP state x at level (m, sigma) is ``x * m_VP / m`` there); langevin, whose
             levels are VE (m = 1), reads it in VE coordinates.
         options: the sampler's own options, e.g. ``steps``, ``spacing``, ``variance``, ``eta``, ``levels``.
 

@@ -31,8 +31,8 @@ class Start:
 
     * ``level`` given (SDEdit, img2img): ``x`` is clean data, noised to VE level ``level`` (``sigma / m``) with the
       sampler's own initial noise z, ``m x + sigma z``; the sampler then solves down from that level only.
-    * ``level`` None: ``x`` is the state itself at the grid's first level, in the model's coordinates (NCSN's
-      uniform start; a trajectory resumed from a callback's state).
+    * ``level`` None: ``x`` is the state itself at the grid's first level, in the grid's coordinates (VE or VP, see
+      :class:`~scoregen.samplers.grids.StepGrid`; NCSN's uniform start; a trajectory resumed from a callback's state).
 
     ``x`` has the batch's shape (B, *shape)."""
 

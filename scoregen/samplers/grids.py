@@ -54,7 +54,9 @@ _DISCRETE_ONLY = ("leading", "trailing", "linspace")
 
 @dataclass(frozen=True)
 class StepGrid:
-    """A sampler's levels, noisiest first, in the model's coordinates, ending with the clean level (m=1, sigma=0).
+    """A sampler's levels, noisiest first, ending with the clean level (m=1, sigma=0), in the model family's coordinates:
+    VE (m = 1) for variance-exploding models, VP (m^2 + sigma^2 = 1) for the others. A sub-VP model's grid is in VP
+    coordinates too, at the same log-SNR: its network is answered in its own coordinates by the level mapping.
 
     ``m`` and ``sigma`` are tuples of Python floats of length ``steps + 1``; ``spacing`` says how they were made.
     """
@@ -229,9 +231,7 @@ def step_grid(
         if discrete and steps > len(schedule.times):
             raise ValueError(f"steps must be between 1 and the model's {len(schedule.times)} trained levels for spacing "
                              f"'trained', got {steps}; other spacings (karras, logsnr, time) take any number")
-        m, sigma = schedule.levels(steps)
-        return StepGrid(tuple(float(v) for v in m) + (1.0,), tuple(float(v) for v in sigma) + (0.0,), "trained",
-                        schedule.variance_preserving)
+        return _from_labels(schedule, schedule.grid(steps), "trained")
     if spacing in _DISCRETE_ONLY:
         if not discrete:
             raise ValueError(f"spacing {spacing!r} picks trained steps, but this model is continuous-time: use "
