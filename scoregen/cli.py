@@ -595,6 +595,8 @@ def _checkpoint_format(args: argparse.Namespace, parser: argparse.ArgumentParser
         return args.format
     try:
         return detect_format(args.checkpoint)
+    except FileNotFoundError:
+        return "scoregen"  # load_checkpoint says what is missing, and which built-in models there are
     except (OSError, ValueError) as e:
         parser.error(f"--checkpoint: {e}")
 
