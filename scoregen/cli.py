@@ -217,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
     s.add_argument("--batch-size", type=_positive_int,
                    help="sample in batches of at most this many (default: as many as fit in 2 GiB by the memory "
-                        "estimate, which depends on the model alone; samples depend on the batch size)")
-    s.add_argument("--seed", type=_seed, default=0, help="random seed: same seed, same samples")
+                        "estimate; the samples do not depend on it); under torchrun also the size of each shard")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed: same seed, same samples (sample i depends on the "
+                                                        "seed and i alone: any --batch-size, any number of processes)")
+    s.add_argument("--device", help="where to sample: cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK where CUDA is "
+                                    "available, one GPU per torchrun process, else cpu)")
     s.add_argument("--out", required=True, help="output file OUT.npy: float32 array of shape (n, *sample shape)")
     s.add_argument("--no-progress", action="store_true",
                    help="report no progress (otherwise: a bar on a terminal, a line every 30 s elsewhere)")
@@ -240,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "without --resume or --overwrite an existing checkpoint is refused)")
     t.add_argument("--seed", type=_seed, default=0,
                    help="random seed of the network's initialisation, the batches and the noise (and of data drawn from a target)")
-    t.add_argument("--batch-size", type=_positive_int, default=128, help="training examples per step")
+    t.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="training examples per step (under torchrun: the global batch, split evenly over the "
+                        "processes, so it must be a multiple of their number)")
+    t.add_argument("--device", help="where to train, e.g. cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK where CUDA is "
+                                    "available, else cpu; under torchrun each process takes its LOCAL_RANK's GPU)")
     t.add_argument("--lr", type=_finite_float, default=2e-4, help="AdamW learning rate, after a linear warmup of 100 steps")
     t.add_argument("--checkpoint-every", type=_positive_int, default=1000,
                    help="save a checkpoint every this many steps (and at the end)")
@@ -304,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--csv", help="also write every row to this CSV file (default: none)")
     b.add_argument("--plot", help="also save the quality-against-NFE plot to this PNG (default: none)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    b.add_argument("--device", help="where to sample: cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK where CUDA is "
+                                    "available, one GPU per torchrun process, else cpu); under torchrun each process "
+                                    "samples its share of every run and rank 0 scores them together")
     tg = sub.add_parser("tune-grid", formatter_class=HELP_FORMATTER,
                         help="fit a step grid to one model, sampler and number of steps, and write it to JSON",
                         description="Search the step grid (the noise levels a deterministic sampler visits) that brings "
@@ -361,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "data's: [-1, 1] for images and digits, else observed)")
     nl.add_argument("--seed", type=_seed, default=0, help="seeds the subset, the noise draws and the probes")
     nl.add_argument("--batch-size", type=_positive_int, default=256, help="samples evaluated together")
+    nl.add_argument("--device", help="where to evaluate: cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK where CUDA is "
+                                     "available, one GPU per torchrun process, else cpu); under torchrun each process "
+                                     "evaluates its share of the data points and rank 0 reports them together")
     nl.add_argument("--plot", help="vlb: write a plot of the bound's terms L_t against t to this PNG (default: no plot)")
     nl.add_argument("--out", help="write the result (mean, standard error, terms, settings) to this JSON file "
                                   "(default: print only)")
@@ -396,6 +409,10 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     for flag, path, suffix in (("--out", args.out, ".npy"), ("--grid", args.grid, ".png")):
         if path is not None:  # before any work: a bad destination must not cost a sampling run
             _check_output(parser, flag, path, suffix)
+    from .distributed import setup
+
+    context = setup(args.device)  # under torchrun: joins the job; each rank samples its share of the indices
+    args._device = context.device
     model, x0_hook, value_range, name, x_start = _sampling_model(args, parser)
     if args.grid and len(model.shape) != 3:
         parser.error(f"--grid needs an image model (samples of shape (C, H, W)); this one samples shape {tuple(model.shape)}")
@@ -411,10 +428,12 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.sampler == "ddpm" and args.variance is None and getattr(model, "learned_variance", False):
         options["variance"] = shown["variance"] = "learned"  # as improved-diffusion samples its learn_sigma models
     if x_start is not None:  # the original code's initial state (NCSNv2: uniform images), drawn from the seed
-        options["x_start"] = x_start(args.n, torch.Generator().manual_seed(args.seed))
+        options["x_start"] = x_start(args.n, torch.Generator().manual_seed(args.seed)).to(context.device)
         name += ", started from the original code's initial state"
+    if context.distributed:
+        return _sample_sharded(args, context, model, x0_hook, value_range, name, options, shown)
     result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook, batch_size=args.batch_size,
-                    progress=False if args.no_progress else None, **options)
+                    progress=False if args.no_progress else None, device=context.device, **options)
     arr = result.samples.to(torch.float32).cpu().numpy()
     with atomic_write(args.out, "wb") as f:
         np.save(f, arr)
@@ -433,6 +452,77 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             grid = langevin_grid(model, model.shape, args.levels, args.sigma_max, args.sigma_min, spacing=args.spacing,
                                  sigmas=options.get("sigmas"), timesteps=args.timesteps)
         print(f"langevin grid: {grid.describe()}")
+    return 0
+
+
+#: Flags that do not change what a sampling run computes: a rerun that differs only in these resumes its shards.
+_UNRECORDED = {"--out": 1, "--grid": 1, "--no-progress": 0, "--batch-size": 1, "--device": 1}
+
+
+def _run_record(args: argparse.Namespace, shape: tuple) -> dict:
+    """What a sharded sampling run computes (its command line without the output and speed flags), for its shards'
+    run.json: a rerun of the same command resumes them, another command is refused."""
+    argv, i = [], 0
+    while i < len(args._argv):
+        flag = args._argv[i].split("=", 1)[0]
+        if flag in _UNRECORDED:
+            i += 1 + (_UNRECORDED[flag] if "=" not in args._argv[i] else 0)
+            continue
+        argv.append(args._argv[i])
+        i += 1
+    return {"command": argv, "n": args.n, "seed": args.seed, "shape": list(shape), "dtype": "float32"}
+
+
+def _sample_sharded(args, context, model, x0_hook, value_range, name: str, options: dict, shown: dict) -> int:
+    """`scoregen sample` under torchrun: the indices in chunks, each rank sampling every world_size-th chunk into its
+    shard (:mod:`scoregen.io.shards`), rank 0 merging them in index order; each chunk is rows [a, b) of the one-process
+    run (per-sample streams), so the merged output equals it. A rerun skips the chunks already written."""
+    import time
+
+    import torch
+
+    from .distributed import barrier
+    from .io import save_image_grid
+    from .io.shards import ShardSet, chunks
+    from .models import X0Hook
+    from .samplers import _batches, sample
+
+    start = time.perf_counter()
+    n, shape = args.n, tuple(model.shape)
+    stack = model if x0_hook is None else X0Hook(model, x0_hook)
+    # chunks: the batch size, and at most n / 64 so that up to 64 ranks share the work; never the number of ranks,
+    # so that a rerun with another number of processes finds the same chunks
+    size = args.batch_size or min(_batches.batch_size_for(n, stack, torch.float32, context.device, None, None),
+                                  -(-n // 64))
+    ranges = chunks(n, size)
+    shards = ShardSet(args.out, _run_record(args, shape))
+    done = shards.open() if context.is_main else 0
+    barrier(context)  # the folder and its run.json exist before any rank writes a shard
+    x_start = options.pop("x_start", None)
+    mine, computed, nfe = ranges[context.rank::context.world_size], 0, 0
+    for a, b in mine:
+        if shards.has(a, b, shape, "float32"):
+            continue
+        part = dict(options, x_start=x_start[a:b]) if x_start is not None else options
+        res = sample(model, args.sampler, b - a, seed=args.seed, index_offset=a, y=args.label, x0_hook=x0_hook,
+                     batch_size=size, progress=False if args.no_progress or not context.is_main else None,
+                     device=context.device, **part)
+        shards.write(a, b, res.samples.to(torch.float32).cpu().numpy())
+        computed, nfe = computed + 1, res.nfe
+    barrier(context)  # every shard written (a rank that failed has ended the job: nothing is merged)
+    if context.is_main:
+        merged = shards.merge(ranges, shape, "float32")
+        if args.grid:
+            save_image_grid(torch.from_numpy(merged), args.grid, value_range)
+        wall = time.perf_counter() - start
+        opts = " ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "defaults"
+        print(f"{args.sampler} ({opts}) on {name}: wrote {' x '.join(map(str, merged.shape))} samples to {args.out}"
+              + (f" and {args.grid}" if args.grid else ""))
+        resumed = f", {done} of them already written by an earlier run" if done else ""
+        print(f"{context.world_size} processes ({context.backend}, {context.device.type}): {len(ranges)} shards of "
+              f"{size} samples{resumed}; wall time {wall:.3f} s, {n / wall:.1f} samples/s; seed {args.seed}"
+              + (f"; NFE {nfe}" if nfe else ""))
+    barrier(context)
     return 0
 
 
@@ -485,6 +575,10 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _check_output(parser, flag, path, suffix)
     if args.bins is not None and (args.bins == 1 or args.bins < 0):
         parser.error(f"--bins must be 0 (continuous data) or at least 2, got {args.bins}")
+    from .distributed import all_reduce_sum, setup, shard
+    from .likelihood import gather_results
+
+    context = setup(args.device)  # under torchrun: joins the job; each rank evaluates its share of the data points
     g = torch.Generator().manual_seed(args.seed)
     exact, labels, data_range = None, None, (-1.0, 1.0)
     from .interop.diffusers import is_diffusers_folder
@@ -548,20 +642,36 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model = analytic_variance(model, data.x if spec is not None else target.sample(4096, generator=g),
                                   data_range=data_range if spec is not None else "auto", seed=args.seed,
                                   y=data.y if labels is not None else None, progress=False if args.no_progress else None)
-    progress = False if args.no_progress else None
-    start = time.perf_counter()
+    progress = False if args.no_progress or not context.is_main else None
+    if context.device.type != "cpu":  # everything loads on the CPU
+        from .bench.run import move_model
+
+        move_model(model, context.device)
+        x, labels = x.to(context.device), None if labels is None else labels.to(context.device)
+    # the subset was drawn from the seed above, the same on every rank: each evaluates its shard [a, b) of it, with
+    # the noise draws of those indices (index_offset), so its per-sample values are the one-process run's rows
+    a, b = shard(len(x), context.rank, context.world_size)
+    common = dict(bins=bins, data_range=data_range, y=None if labels is None else labels[a:b], seed=args.seed,
+                  batch_size=args.batch_size, progress=progress, details=True, index_offset=a)
+    start, result = time.perf_counter(), None
+    if b > a and args.method == "vlb":
+        result = vlb(model, x[a:b], steps=args.steps, spacing=args.spacing, timesteps=args.timesteps,
+                     variance=args.variance, **common)
+    elif b > a:
+        result = ode_nll(model, x[a:b], **common, **ode_options)
+    wall = time.perf_counter() - start
+    if context.distributed:  # rank 0 gets every rank's per-sample values in index order and the slowest rank's time
+        wall = float(all_reduce_sum(torch.zeros(context.world_size, dtype=torch.float64).index_fill_(
+            0, torch.tensor([context.rank]), wall), context).max())
+        result = gather_results(result, context)
+        if not context.is_main:
+            return 0
+    info = result.info
     if args.method == "vlb":
-        result = vlb(model, x, steps=args.steps, spacing=args.spacing, timesteps=args.timesteps, variance=args.variance,
-                     bins=bins, data_range=data_range, y=labels, seed=args.seed, batch_size=args.batch_size,
-                     progress=progress, details=True)
-        how = f"variance {args.variance}, {result.info['grid']}"
+        how = f"variance {args.variance}, {info['grid']}"
     else:
-        result = ode_nll(model, x, bins=bins, data_range=data_range, y=labels, seed=args.seed,
-                         batch_size=args.batch_size, progress=progress, details=True, **ode_options)
-        info = result.info
         how = f"{info['method']} rtol {info['rtol']:g} atol {info['atol']:g}, {info['divergence']} divergence" + \
               (f" ({info['probes']} {info['probe']} probe(s))" if info["probe"] else "")
-    wall = time.perf_counter() - start
     quant = f"{bins} values per dimension in [{data_range[0]:g}, {data_range[1]:g}]" if bins else "continuous data"
     print(f"{args.method} ({how}) of {name}")
     print(f"data: {source}; {quant}")
@@ -569,8 +679,11 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           f"nats per sample of {result.dims} dims)")
     terms = result.term_bpd()
     print("  terms (bits/dim): " + ", ".join(f"{k} {float(np.sum(v)):.4f}" for k, v in terms.items()))
-    print(f"  NFE {result.nfe} per sample, wall time {wall:.1f} s, seed {args.seed}")
+    ranks = f" (the slowest of {context.world_size} processes)" if context.distributed else ""
+    print(f"  NFE {result.nfe} per sample, wall time {wall:.1f} s{ranks}, seed {args.seed}")
     report = result.to_dict()
+    if context.distributed:
+        report["processes"] = context.world_size
     if exact is not None:
         bpd = exact / (result.dims * math.log(2.0))
         print(f"  exact -log p (the target's closed form): {float(bpd.mean()):.4f} +- "
@@ -620,7 +733,7 @@ def _foreign_model(args: argparse.Namespace, parser: argparse.ArgumentParser, fm
     from .models import clip_x0
 
     try:
-        loaded = load_pretrained(args.checkpoint, fmt, _model_config(args.model_config))
+        loaded = load_pretrained(args.checkpoint, fmt, _model_config(args.model_config), device=_device(args))
     except (OSError, ValueError, ImportError) as e:
         parser.error(f"--checkpoint {args.checkpoint} ({fmt}): {e}")
     model, classes = loaded.model, loaded.num_classes
@@ -664,7 +777,7 @@ def _foreign_classifier(args: argparse.Namespace, parser: argparse.ArgumentParse
     from .io import load_checkpoint
 
     if os.path.isdir(args.classifier) or not os.path.exists(args.classifier):
-        clf, _ = load_checkpoint(args.classifier)
+        clf, _ = load_checkpoint(args.classifier, device=_device(args))
         if getattr(clf, "parameterization", None) is not None:
             parser.error(f"--classifier {args.classifier} holds a score model, not a classifier")
         return clf.classifier()
@@ -674,9 +787,15 @@ def _foreign_classifier(args: argparse.Namespace, parser: argparse.ArgumentParse
         parser.error(f"--classifier {args.classifier}: a guided-diffusion classifier needs its flags (--classifier-config: "
                      f"a flags string, a FILE.json or a preset: {', '.join(sorted(PRESETS))})")
     try:
-        return load_openai_classifier(args.classifier, _model_config(args.classifier_config))
+        return load_openai_classifier(args.classifier, _model_config(args.classifier_config), device=_device(args))
     except (OSError, ValueError) as e:
         parser.error(f"--classifier {args.classifier}: {e}")
+
+
+def _device(args: argparse.Namespace):
+    """Where this process computes: ``--device``, else (``args._device``, set by the command from
+    :func:`scoregen.distributed.setup`) ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+    return getattr(args, "_device", None) or getattr(args, "device", None) or "cpu"
 
 
 def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
@@ -700,7 +819,7 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     fmt = _checkpoint_format(args, parser)
     if fmt != "scoregen":
         return _foreign_model(args, parser, fmt)
-    net, config = load_checkpoint(args.checkpoint)
+    net, config = load_checkpoint(args.checkpoint, device=_device(args))
     if getattr(net, "parameterization", None) is None:
         if getattr(net, "schedule", None) is None:  # a judge: no noise levels, so no guidance either
             parser.error(f"{args.checkpoint} holds a clean-image classifier ({config['network']['class']}), not a score "
@@ -712,7 +831,7 @@ def _sampling_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     if args.label is not None:
         classes = getattr(net, "num_classes", None)
         if args.classifier:
-            clf, _ = load_checkpoint(args.classifier)
+            clf, _ = load_checkpoint(args.classifier, device=_device(args))
             if getattr(clf, "parameterization", None) is not None:
                 parser.error(f"--classifier {args.classifier} holds a score model, not a classifier")
             classes = clf.num_classes
@@ -798,22 +917,35 @@ def _value_range(config: dict, checkpoint: str) -> Optional[tuple[float, float]]
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import copy
+
     import torch
 
     from .data import load_data
+    from .distributed import setup
     from .io import check_output_dir, read_checkpoint_config
     from .training import TrainConfig, train
     from .training.recipes import default_network, heldout_training
 
     if args.resume and args.overwrite:
         parser.error("--resume continues the checkpoint in --out and --overwrite replaces it: give one of them")
+    # Under torchrun: join the job; every rank trains a DistributedDataParallel replica on its share of each global
+    # batch of --batch-size, and rank 0 writes the checkpoints (scoregen.training.distributed).
+    context = setup(args.device)
+    args._device = context.device
+    if args.batch_size % context.world_size:
+        parser.error(f"--batch-size {args.batch_size} is the global batch, split evenly over the {context.world_size} "
+                     f"processes: it must be a multiple of {context.world_size}")
     check_output_dir(args.out)  # before loading data or building the network
     data = load_data(args.data, seed=args.seed)
     torch.manual_seed(args.seed)  # network initialisation
-    net = default_network(data.x, args.objective, data.num_classes, args.conditional)
+    net = default_network(data.x, args.objective, data.num_classes, args.conditional).to(context.device)
     x, y, evaluate = data.x, data.y if (args.conditional or args.objective == "classifier") else None, None
     if args.objective == "judge":  # fit a stratified 80%; each checkpoint's meta.heldout scores the other 20%
         x, y, evaluate = heldout_training(data)
+        if context.device.type != "cpu":  # the held-out images stay on the CPU: score a CPU copy of the EMA network
+            evaluate = (lambda score: lambda ema: score(copy.deepcopy(ema).cpu()))(evaluate)
+    x, y = x.to(context.device), None if y is None else y.to(context.device)
     config = TrainConfig(args.objective, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
                          label_dropout=0.1 if args.conditional else 0.0,
@@ -821,12 +953,15 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     meta = {"data": {"spec": args.data, "name": data.name, "shape": list(data.shape),
                      "value_range": list(data.value_range) if data.value_range else None, "num_classes": data.num_classes}}
     summary = train(net, x, y, config, args.out, resume=args.resume, overwrite=args.overwrite, meta=meta,
-                    progress=False if args.no_progress else None, evaluate=evaluate)
+                    progress=False if args.no_progress else None, evaluate=evaluate, context=context)
+    if not context.is_main:  # rank 0 reports for the job
+        return 0
     start, end = summary["start_step"], summary["end_step"]
     if start == end:
         print(f"the checkpoint in {args.out} is already at step {end} (--steps {args.steps}): nothing to train")
     else:
-        print(f"trained {type(net).__name__} ({args.objective}) on {data.name} from step {start} to {end}: "
+        ranks = f" with {context.world_size} processes" if context.distributed else ""
+        print(f"trained {type(net).__name__} ({args.objective}) on {data.name}{ranks} from step {start} to {end}: "
               f"running loss {summary['running_loss']:.4f}; checkpoint in {args.out}")
     if evaluate is not None:
         held = read_checkpoint_config(args.out)["meta"]["heldout"]  # scored at the last checkpoint, by the EMA weights
@@ -860,7 +995,8 @@ def _cmd_pretrained(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     print(f"building {args.name}: scoregen train {' '.join(argv)} --out {train_dir}" + (f" ({threads} thread(s))" if threads else ""))
     try:  # the thread count fixes the order of floating-point sums: the recipe's count reproduces the shipped bits
         torch.set_num_threads(threads or before)
-        train_args = build_parser().parse_args(["train", *argv, "--out", train_dir, *extra])
+        # on the CPU whatever the machine: the recipes are bit-reproducible there (CUDA kernels round otherwise)
+        train_args = build_parser().parse_args(["train", *argv, "--out", train_dir, "--device", "cpu", *extra])
         code = _cmd_train(train_args, train_args._parser)
     finally:
         torch.set_num_threads(before)
@@ -912,7 +1048,12 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     specs = list(DEFAULT_BENCH_MODELS) if default_run else args.models
     peers = (args.peers is not None or default_run) and not args.no_peers
     peer_names = None if args.peers in (None, "all") else [p.strip() for p in args.peers.split(",") if p.strip()]
-    progress = False if args.no_progress else None
+    from .distributed import setup
+
+    # under torchrun: each rank samples its share of every run; rank 0 scores the gathered samples, prints and writes
+    context = setup(args.device)
+    is_main = context.is_main
+    progress = False if args.no_progress or not is_main else None
 
     subjects = [resolve_subject(spec, args.reference) for spec in specs]  # every model loads before any sampling
     for subject in subjects:
@@ -929,18 +1070,23 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         with_peers = peers and not (default_run and subject.kind != "exact")
         result = run_bench(subject, samplers, budgets, n=args.n, seed=args.seed, peers=with_peers, peer_names=peer_names,
                            label=args.label, guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
-                           progress=progress)
+                           progress=progress, device=context.device, context=context)
         if peers and not with_peers:
             result.skipped_peers.append(f"on {subject.name} only when asked, as they take minutes here: scoregen bench "
                                         f"--model {subject.info.get('checkpoint', subject.name)} --peers")
-        print(format_table(result), end="\n\n", flush=True)
+        if is_main:
+            print(format_table(result), end="\n\n", flush=True)
         results.append(result)
         sweep_scales = scales if scales is not None else (DEFAULT_GUIDANCE_SCALES if default_run and subject.kind == "digits" else None)
         if sweep_scales and subject.guided is not None:
             sweep = guidance_sweep(subject, sweep_scales, args.sweep_sampler, args.sweep_budget, n=args.n,
-                                   seed=args.seed, label=args.label, progress=progress)
-            print(format_table(sweep), end="\n\n", flush=True)
+                                   seed=args.seed, label=args.label, progress=progress, device=context.device,
+                                   context=context)
+            if is_main:
+                print(format_table(sweep), end="\n\n", flush=True)
             sweeps.append(sweep)
+    if not is_main:  # rank 0 holds the scores: it alone reports
+        return 0
     if args.csv:
         write_csv(results + sweeps, args.csv)
         print(f"wrote {args.csv}")
@@ -978,26 +1124,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = {"sample": _cmd_sample, "train": _cmd_train, "pretrained": _cmd_pretrained, "bench": _cmd_bench,
                "tune-grid": _cmd_tune_grid, "nll": _cmd_nll}[args.command]
 
+    from .distributed import launched, teardown
+
+    who = f"scoregen {args.command}"
+    if launched():  # under torchrun every rank speaks: say which
+        who += f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})"
+
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"scoregen {args.command}: warning: {message}", file=sys.stderr)
+        print(f"{who}: warning: {message}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():  # warnings in the command's own words, not Python's file:line form
             warnings.showwarning = show_warning
             return command(args, args._parser)
     except EXPECTED_ERRORS as e:
-        print(f"scoregen {args.command}: error: {_describe(e)}", file=sys.stderr)
+        print(f"{who}: error: {_describe(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # the allocator's own failure, past every estimate: not a bug, a limit of this machine
         text = str(e)
         if not any(sign in text for sign in _OUT_OF_MEMORY):
             raise
-        print(f"scoregen {args.command}: error: out of memory ({text.strip().splitlines()[-1][:300]}); use a smaller "
+        print(f"{who}: error: out of memory ({text.strip().splitlines()[-1][:300]}); use a smaller "
               "-n or --batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"scoregen {args.command}: interrupted", file=sys.stderr)
+        print(f"{who}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        teardown()
 
 
 if __name__ == "__main__":

@@ -109,9 +109,9 @@ def expected_nfe(name: str, options: dict, k=None):
 
 
 class Counting(ModelTransform):
-    """Counts the evaluations of ``model`` on batches of ``batch`` samples: every sampler query reaches ``eps``
-    (ScoreModel.score and .x0 go through it). Batches of other sizes are not counted: :func:`scoregen.sample`
-    probes a network stack once on a single sample to size its batches."""
+    """Counts the evaluations of ``model`` on batches of at least ``batch`` samples: every sampler query reaches ``eps``
+    (ScoreModel.score and .x0 go through it). Smaller batches are not counted: :func:`scoregen.sample` probes a network
+    stack once on a single sample to size its batches (pc runs whole groups of samples: more than ``batch``)."""
 
     reads_input_only = True
 
@@ -120,7 +120,7 @@ class Counting(ModelTransform):
         self.batch, self.calls = batch, 0
 
     def eps(self, x, sigma, m=1.0, y=None):
-        if x.shape[0] == self.batch:
+        if x.shape[0] >= self.batch:
             self.calls += 1
         return self.model.eps(x, sigma, m, y)
 

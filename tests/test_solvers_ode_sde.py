@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import scoregen as sg
+from scoregen.streams import SampleStreams
 from scoregen.samplers.grids import step_grid
 from scoregen.samplers.ode import ODE_METHODS, ODESolverError, edm, euler, heun, ipndm, ode
 from scoregen.samplers.sde import euler_maruyama, pc
@@ -41,7 +42,8 @@ def prior_ve(model, z, grid):
 
 
 def noise(n, seed, d=2):
-    return torch.randn((n, d), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    """The float64 initial noise of samples 0..n-1 of a sample() run with ``seed``."""
+    return SampleStreams(seed, 0, n, (d,), dtype=torch.float64).normal()
 
 
 def denoiser(model):
@@ -382,7 +384,8 @@ def test_sde_samplers_end_noise_free_at_x0_hat_and_check_options():
 
 def test_pc_is_corrector_then_predictor_at_each_level():
     """Two levels (2.0, 0.5, then 0), written out as score-SDE's get_pc_sampler runs them, with the same draws from
-    the same generator: Langevin corrector at 2.0 (step from the batch-mean norms), reverse-diffusion predictor to
+    the same generator: Langevin corrector at 2.0 (step from the mean norms of each group of 64 samples, score-SDE's
+    batch mean on a batch of 64), reverse-diffusion predictor to
     0.5 with noise, corrector at 0.5, noise-free predictor to 0."""
     snr, levels = 0.16, [2.0, 0.5, 0.0]
     z = noise(256, 8)
@@ -393,7 +396,8 @@ def test_pc_is_corrector_then_predictor_at_each_level():
     for s, s_next in zip(levels[:-1], levels[1:]):
         score = TRI.score(x, s, 1.0)
         z_c = torch.randn(x.shape, generator=g, dtype=x.dtype)
-        step = 2 * (snr * z_c.norm(dim=1).mean() / score.norm(dim=1).mean()) ** 2
+        group_mean = lambda v: v.view(-1, 64).mean(1).repeat_interleave(64)[:, None]  # noqa: E731  groups of 64
+        step = 2 * (snr * group_mean(z_c.norm(dim=1)) / group_mean(score.norm(dim=1))) ** 2
         x = x + step * score + torch.sqrt(2 * step) * z_c
         x_mean = x + (s**2 - s_next**2) * TRI.score(x, s, 1.0)
         if s_next > 0:

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import scoregen as sg
+from scoregen.streams import SampleStreams
 from scoregen.models import LevelMap
 from scoregen.samplers import SAMPLERS
 from scoregen.samplers.grids import SPACINGS, step_grid
@@ -496,8 +497,8 @@ def trained_default_ve(steps: int = 50) -> np.ndarray:
 
 
 def run_noise(n: int, seed: int, shape=(2,)) -> torch.Tensor:
-    """The initial noise sample() draws for a single batch: torch.randn((n, *shape)) from Generator(seed)."""
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    """The initial noise sample() draws in float64 for samples 0..n-1 of a run with ``seed`` (per-sample streams)."""
+    return SampleStreams(seed, 0, n, shape, dtype=torch.float64).normal()
 
 
 @pytest.mark.parametrize("level", [3.0, 0.5, 60.0])

@@ -42,9 +42,10 @@ What is compared, and how it is kept fair:
   At one step the diffusers Euler family's ``linspace`` grid is timestep 0 alone: it starts from
   ``init_noise_sigma = sigma_0`` (0.01 on DDPM's schedule), as diffusers does, and returns little more than noise.
 * All ``n`` samples run as one batch; ``y`` (class labels) is passed to ``model.eps`` as in :func:`scoregen.sample`.
-* **Randomness.** Same seed, same samples: the initial noise and every noise draw a peer makes through an
-  interface that accepts a generator (diffusers' ``step(generator=)``, k-diffusion's ``noise_sampler``) come from
-  ``torch.Generator().manual_seed(seed)``, in that order; ``dpmpp_2m_sde``'s Brownian tree is seeded from the
+* **Randomness.** Same seed, same samples: the initial noise is scoregen's own for that seed (the per-sample
+  streams of :mod:`scoregen.streams`), so a peer and :func:`scoregen.sample` start from the same noise; every noise
+  draw a peer makes through an interface that accepts a generator (diffusers' ``step(generator=)``, k-diffusion's
+  ``noise_sampler``) comes from ``torch.Generator().manual_seed(seed)``; ``dpmpp_2m_sde``'s Brownian tree is seeded from the
   same generator; draws a peer makes from torch's global generator (k-diffusion's euler and heun draw churn noise
   they do not use at ``s_churn = 0``) run under :func:`torch.random.fork_rng` seeded from ``seed``, so they are
   reproducible and leave the caller's global generator as it was.
@@ -83,6 +84,7 @@ from .._checks import check_int
 from ..models import ScoreModel, class_labels, prepare_levels
 from ..samplers._guard import Guarded
 from ..schedules import DiscreteVP, m_sigma_from_log_snr, ve_levels
+from ..streams import SampleStreams
 
 __all__ = [
     "PeerRun",
@@ -191,6 +193,11 @@ def _global_seed(seed: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**63
 
 
+def initial_noise(seed: int, n: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """The float32 initial noise :func:`scoregen.sample` draws for samples 0..n-1 of a run with ``seed``."""
+    return SampleStreams(seed, 0, n, shape, device=device, dtype=torch.float32).normal()
+
+
 class _forked_global_rng:
     """Run with torch's global generator seeded from ``seed`` and restored afterwards."""
 
@@ -286,7 +293,7 @@ class DiffusersPeer(Peer):
         g = torch.Generator(device).manual_seed(seed)
         if "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = g
-        z = torch.randn((n, *model.shape), generator=g, device=device, dtype=torch.float32)
+        z = initial_noise(seed, n, model.shape, device)
         guarded = Guarded(model, self.label, _model_kind(model), z)
         start = time.perf_counter()
         with torch.no_grad(), _forked_global_rng(seed, device):
@@ -345,7 +352,7 @@ def _diffusers_peer(model: ScoreModel, name: str, data_range, overrides: Optiona
         "timestep_to_label": f"label = k + {schedule.first_index} (diffusers counts k = 0..{T - 1})",
         "model_call": "eps = model.eps(scheduler.scale_model_input(x, t), sigma_t, m_t, y) at label t + first_index, "
                       "(m_t, sigma_t) = (sqrt(abar), sqrt(1 - abar)) from the model's schedule",
-        "initial_noise": "init_noise_sigma * randn(torch.Generator().manual_seed(seed))",
+        "initial_noise": "init_noise_sigma * scoregen's per-sample initial noise of the seed",
         "evals_per_step": "2, one on the last step" if name in _TWO_PER_STEP else "1",
         "max_steps": T,
     }
@@ -554,7 +561,7 @@ class KDiffusionPeer(Peer):
         labels = None if y is None else class_labels(y, n, device, who="y: ")
         fn = getattr(kd.sampling, f"sample_{self.sampler}")
         g = torch.Generator(device).manual_seed(seed)
-        z = torch.randn((n, *model.shape), generator=g, device=device, dtype=torch.float32)
+        z = initial_noise(seed, n, model.shape, device)
         guarded = Guarded(model, self.label, _model_kind(model), z)
         start = time.perf_counter()
         with torch.no_grad(), _forked_global_rng(seed, device):
@@ -621,7 +628,7 @@ def _kdiffusion_peer(model: ScoreModel, kd, sampler: str, grid: str) -> KDiffusi
         "sigma_max": smax,
         "wrapper": how,
         "schedule": model.schedule.to_config(),
-        "initial_noise": "sigmas[0] * randn(torch.Generator().manual_seed(seed))",
+        "initial_noise": "sigmas[0] * scoregen's per-sample initial noise of the seed",
         "noise": noise,
         "evals_per_step": "2, one on the last step" if sampler in _TWO_PER_STEP else "1",
         "changed": {},

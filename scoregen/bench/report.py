@@ -69,6 +69,11 @@ def _title(result: BenchResult) -> str:
     return f"{what}, {result.guidance}" if result.guidance else what
 
 
+def _rate(result: BenchResult, row: BenchRow) -> str:
+    """Samples per second of the whole job (n / the slowest rank's wall time): shown for torchrun runs."""
+    return f"{result.n / row.wall_time:.0f}" if row.wall_time > 0 and not row.failed else "-"
+
+
 def _budgets(result: BenchResult) -> list:
     return sorted({r.budget for r in result.rows if r.source != "reference"})
 
@@ -76,18 +81,20 @@ def _budgets(result: BenchResult) -> list:
 def format_table(result: BenchResult) -> str:
     """The plain-text table: the reference row and the floor, then one block per NFE budget, ranked."""
     sweep = any(r.guidance_scale is not None for r in result.rows[1:]) and len({r.guidance_scale for r in result.rows[1:]}) > 1
-    head = ["rank", "source", "sampler", "options", "NFE", *(c.label for c in result.columns), "wall s"]
+    ranks = getattr(result, "ranks", 1) > 1  # torchrun: the job's samples/s beside the slowest rank's time
+    head = ["rank", "source", "sampler", "options", "NFE", *(c.label for c in result.columns), "wall s"] + (["samples/s"] if ranks else [])
     if sweep:
         head[0] = "scale"
-    body = [["", "reference", result.rows[0].sampler, "-", "0", *(_cell(result, result.rows[0], c) for c in result.columns), "-"]]
-    body.append(["", "floor", "(perfect sampler)", "", "", *(_floor_cell(result, c) for c in result.columns), ""])
+    body = [["", "reference", result.rows[0].sampler, "-", "0", *(_cell(result, result.rows[0], c) for c in result.columns), "-"]
+            + (["-"] if ranks else [])]
+    body.append(["", "floor", "(perfect sampler)", "", "", *(_floor_cell(result, c) for c in result.columns), ""] + ([""] if ranks else []))
     groups = [[r for r in result.rows[1:]]] if sweep else [[r for r in result.rows[1:] if r.budget == b] for b in _budgets(result)]
     for group in groups:
         body.append(None)
         ranked = [(f"{r.guidance_scale:g}", r) for r in group] if sweep else rank(result, group)
         for place, r in ranked:
             body.append([place, r.source, r.sampler, r.options, str(r.nfe), *(_cell(result, r, c) for c in result.columns),
-                         f"{r.wall_time:.3f}"])
+                         f"{r.wall_time:.3f}"] + ([_rate(result, r)] if ranks else []))
     widths = [max(len(head[i]), *(len(b[i]) for b in body if b)) for i in range(len(head))]
     right = {4, *range(5, len(head))}
     fmt = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -122,18 +129,21 @@ def format_markdown(results: Sequence[BenchResult]) -> str:
     """All results as markdown tables (one per subject), with floors and how each metric is computed."""
     parts = ["# scoregen bench", "", f"{time.strftime('%Y-%m-%d %H:%M')}, {_machine()}", ""]
     for result in results:
+        ranks = getattr(result, "ranks", 1) > 1
+        extra = " - |" if ranks else ""
         parts += [f"## {_title(result)}", "", "| NFE | rank | source | sampler | options | NFE spent | "
-                  + " | ".join(c.label for c in result.columns) + " | wall s |",
-                  "|" + "---|" * (7 + len(result.columns))]
+                  + " | ".join(c.label for c in result.columns) + " | wall s |" + (" samples/s |" if ranks else ""),
+                  "|" + "---|" * (7 + len(result.columns) + ranks)]
         ref = result.rows[0]
-        parts.append(f"| - | - | reference | {ref.sampler} | - | 0 | " + " | ".join(_cell(result, ref, c) for c in result.columns) + " | - |")
-        parts.append("| - | - | floor | perfect sampler | - | - | " + " | ".join(_floor_cell(result, c) for c in result.columns) + " | - |")
+        parts.append(f"| - | - | reference | {ref.sampler} | - | 0 | " + " | ".join(_cell(result, ref, c) for c in result.columns) + " | - |" + extra)
+        parts.append("| - | - | floor | perfect sampler | - | - | " + " | ".join(_floor_cell(result, c) for c in result.columns) + " | - |" + extra)
         for budget in _budgets(result):
             group = [r for r in result.rows[1:] if r.budget == budget]
             for place, r in rank(result, group):
                 scale = f" (scale {r.guidance_scale:g})" if r.guidance_scale is not None else ""
                 parts.append(f"| {budget} | {place} | {r.source} | {r.sampler}{scale} | {r.options} | {r.nfe} | "
-                             + " | ".join(_cell(result, r, c) for c in result.columns) + f" | {r.wall_time:.3f} |")
+                             + " | ".join(_cell(result, r, c) for c in result.columns) + f" | {r.wall_time:.3f} |"
+                             + (f" {_rate(result, r)} |" if ranks else ""))
         if len(_budgets(result)) > 1:
             parts += ["", format_pivot(result)]
         parts += ["", result.description, *(f"\n{note[0].upper()}{note[1:]}." for note in result.notes), ""]
@@ -194,8 +204,11 @@ def to_json(results: Sequence[BenchResult], command: Optional[str] = None) -> di
             "guidance": r.guidance, "description": r.description,
             "columns": [{"key": c.key, "label": c.label, "se_key": c.se_key, "scale": c.scale} for c in r.columns],
             "floors": {k: {"mean": m, "std": s} for k, (m, s) in r.floors.items()},
-            "rows": [{k: v for k, v in vars(row).items() if k != "samples"} for row in r.rows],
+            "rows": [{**{k: v for k, v in vars(row).items() if k != "samples"},
+                      **({"samples_per_s": r.n / row.wall_time if row.wall_time > 0 and not row.failed else None}
+                         if r.ranks > 1 else {})} for row in r.rows],
             "peers": r.peers, "skipped_peers": r.skipped_peers,
+            **({"ranks": r.ranks} if r.ranks > 1 else {}),  # torchrun: wall_time is the slowest rank's
         } for r in results],
     }
 

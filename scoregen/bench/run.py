@@ -1,4 +1,12 @@
-"""Run a benchmark: every sampler (scoregen's and, optionally, its peers') at every NFE budget on one subject."""
+"""Run a benchmark: every sampler (scoregen's and, optionally, its peers') at every NFE budget on one subject.
+
+Under torchrun (``context=``, :func:`scoregen.distributed.setup`), every rank samples its shard of each run's n
+samples (:func:`scoregen.distributed.shard`, ``sample(..., index_offset=start)``: its rows of the one-process run,
+bit for bit on the same device type), the shards are gathered to rank 0 in rank order and rank 0 scores them, so
+every metric equals the one-process value exactly. Rank 0 also scores the reference row and the floors and runs the
+peers (their step noise comes from one generator over the whole batch, so they cannot be split) on all n samples.
+A row's ``wall_time`` is the slowest rank's sampling time; ``nfe`` the largest.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,13 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from .._checks import check_int
+from ..distributed import Context, shard
 from ..samplers import SAMPLERS, sample
 from ..samplers.langevin import langevin_budget, langevin_grid
 from .scorers import Column
 from .subjects import DEFAULT_N, Subject
 
-__all__ = ["BenchRow", "BenchResult", "budget_options", "run_bench", "guidance_sweep", "DEFAULT_BUDGETS"]
+__all__ = ["BenchRow", "BenchResult", "budget_options", "run_bench", "guidance_sweep", "move_model", "DEFAULT_BUDGETS"]
 
 #: NFE budgets: the fast regime, where samplers differ most (by 100 evaluations the first-order samplers reach the
 #: floor on the built-in targets; ``budgets=`` adds 1000 and beyond).
@@ -55,6 +64,7 @@ class BenchResult:
     peers: list = field(default_factory=list)          # each peer's recorded configuration
     skipped_peers: list = field(default_factory=list)  # why a peer did not run
     notes: list = field(default_factory=list)
+    ranks: int = 1  # processes that sampled each run (torchrun): wall times are the slowest rank's
 
     @property
     def headline_column(self) -> Column:
@@ -118,6 +128,8 @@ def run_bench(
     label: Optional[int] = None,
     guidance_scale: float = 1.0,
     progress: Optional[bool] = None,
+    device=None,
+    context: Optional[Context] = None,
 ) -> BenchResult:
     """Sample ``subject`` with every sampler at every NFE budget and score each run the same way.
 
@@ -126,24 +138,30 @@ def run_bench(
     and k-diffusion's samplers run on the same model at the same budgets (:mod:`scoregen.bench.peers`), their NFE
     counted by scoregen around the model. With ``label`` (exact targets), the samplers run under guidance to that
     class at ``guidance_scale`` and are scored against the exact conditional.
+
+    ``device``: where the samplers run (default the CPU). ``context``: under torchrun, each rank samples its shard of
+    every run and rank 0 scores the gathered samples (see the module docstring); every rank must call this with the
+    same arguments. Rank 0 returns the whole result, the other ranks one without rows or floors.
     """
     n = DEFAULT_N[subject.kind] if n is None else check_int("n (samples per run; the metrics need two)", n, 2)
     budgets = sorted(set(DEFAULT_BUDGETS[subject.kind] if budgets is None else (check_int("budget", b) for b in budgets)))
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown or not samplers:
         raise ValueError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
+    ctx = context or Context()
     model, y = subject.model, None
     if label is not None:
         if subject.guided is None:
             raise ValueError(f"{subject.name} has no guidance to benchmark")
         model, y = subject.guided(guidance_scale, label, n)
+    move_model(model, device)
     scorer = subject.make_scorer(n, seed, label, guided=label is not None)
     peer_list, skipped = [], []
-    if peers and label is None:
+    if peers and label is None and ctx.is_main:
         from .peers import peers_for
 
         peer_list, skipped = peers_for(subject.model, data_range=subject.data_range, names=peer_names)
-    elif peers:
+    elif peers and label is not None:
         skipped = ["peers run on unguided models only: without --label"]
     result = BenchResult(subject.name, subject.kind, n, seed, [], {}, scorer.columns, scorer.headline,
                          scorer.description, subject.guidance if label is not None else "",
@@ -157,17 +175,30 @@ def run_bench(
     if "langevin" in samplers:
         result.notes.append(f"langevin's grid: {langevin_grid(model, model.shape).describe()}; a budget below its number "
                             "of levels runs a geometric grid of that many levels over the same range")
+    _note_ranks(result, ctx)
     labels = None if y is None else (torch.full((n,), y) if isinstance(y, int) else y)
-    result.rows.append(_reference_row(subject, scorer, guidance_scale if label is not None else None))
+    if ctx.is_main:
+        result.rows.append(_reference_row(subject, scorer, guidance_scale if label is not None else None))
     jobs = [("scoregen", s, b) for s in samplers for b in budgets] + [(p, p.name, b) for p in peer_list for b in budgets]
-    with _progress(len(jobs) + 1, progress, f"bench {subject.name}") as bar:
-        result.floors = scorer.floor()
+    with _progress(len(jobs) + 1, progress if ctx.is_main else False, f"bench {subject.name}") as bar:
+        if ctx.is_main:
+            result.floors = scorer.floor()
         bar.update(1)
         for source, name, budget in jobs:
-            result.rows.append(_run_one(source, name, budget, model, subject, scorer, n, seed, labels,
-                                        guidance_scale if label is not None else None))
+            row = _run_one(source, name, budget, model, subject, scorer, n, seed, labels,
+                           guidance_scale if label is not None else None, device, ctx)
+            if ctx.is_main:
+                result.rows.append(row)
             bar.update(1)
     return result
+
+
+def _note_ranks(result: BenchResult, ctx: Context) -> None:
+    if ctx.distributed:
+        result.ranks = ctx.world_size
+        result.notes.append(f"{ctx.world_size} processes (torchrun) sampled each scoregen run, each its shard of the n "
+                            "samples, scored together; wall s is the slowest process's sampling time and samples/s "
+                            "n / wall s" + ("; the peers ran on rank 0 alone" if result.peers else ""))
 
 
 def _reference_row(subject: Subject, scorer, scale: Optional[float]) -> BenchRow:
@@ -178,13 +209,20 @@ def _reference_row(subject: Subject, scorer, scale: Optional[float]) -> BenchRow
 
 
 def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n: int, seed: int, labels,
-             scale: Optional[float]) -> BenchRow:
+             scale: Optional[float], device=None, ctx: Optional[Context] = None) -> BenchRow:
     """One run, scored; a run whose samples diverge (NaN or inf, caught by scoregen's guard for peers too) is
-    recorded as failed, with the reason, instead of ending the benchmark."""
+    recorded as failed, with the reason, instead of ending the benchmark. Under torchrun a scoregen run is sampled
+    in shards and scored on rank 0 (the other ranks get the row unscored); a peer runs on rank 0 alone."""
+    ctx = ctx or Context()
     if source == "scoregen":
         options = budget_options(name, budget, model)
         row = BenchRow("scoregen", name, _options_text(options), budget, 0, 0.0, {}, scale)
-        run = lambda: sample(model, name, n, seed=seed, y=labels, x0_hook=subject.x0_hook, progress=False, **options)  # noqa: E731
+        start, stop = shard(n, ctx.rank, ctx.world_size)
+        part = None if labels is None else labels[start:stop]
+        run = lambda: sample(model, name, stop - start, seed=seed, y=part, x0_hook=subject.x0_hook, progress=False,  # noqa: E731
+                             device=device, index_offset=start, **options)
+        if ctx.distributed:
+            return _run_sharded(row, run, stop > start, subject, scorer, labels, ctx)
     else:
         row = BenchRow(source.library, name, "", budget, 0, 0.0, {}, scale)
         run = lambda: source.run(budget, n, seed)  # noqa: E731
@@ -199,6 +237,32 @@ def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n:
     return row
 
 
+def _run_sharded(row: BenchRow, run, has_work: bool, subject: Subject, scorer, labels, ctx: Context) -> BenchRow:
+    """This rank's shard of a scoregen run; every rank's samples (in rank order), NFE, sampling time and failure
+    gathered to rank 0, which scores the whole set as one process does."""
+    import torch.distributed as dist
+
+    mine: dict = {"samples": None, "nfe": 0, "wall": 0.0, "failed": None, "options": ""}
+    if has_work:  # a rank beyond n (n < world size) has no samples
+        try:
+            r = run()
+            mine.update(samples=r.samples.detach().cpu(), nfe=r.nfe, wall=r.wall_time)
+        except FloatingPointError as e:
+            mine["failed"] = str(e)
+    parts: list = [None] * ctx.world_size
+    dist.all_gather_object(parts, mine)  # every rank's, pickled: one collective per run, on every rank
+    if not ctx.is_main:
+        return row
+    failed = [p["failed"] for p in parts if p["failed"] is not None]
+    if failed:
+        row.failed = failed[0]
+        return row
+    samples = torch.cat([p["samples"] for p in parts if p["samples"] is not None])
+    row.nfe, row.wall_time = max(p["nfe"] for p in parts), max(p["wall"] for p in parts)
+    row.metrics, row.samples = scorer.score(samples, labels), _keep(samples, subject)
+    return row
+
+
 def guidance_sweep(
     subject: Subject,
     scales: Sequence[float] = (0, 1, 2, 3, 5, 10),
@@ -208,27 +272,59 @@ def guidance_sweep(
     seed: int = 0,
     label: Optional[int] = None,
     progress: Optional[bool] = None,
+    device=None,
+    context: Optional[Context] = None,
 ) -> BenchResult:
     """Quality and class accuracy as functions of the guidance scale: one run of ``sampler`` at ``budget`` NFE per
-    scale, under the subject's guidance (exact targets: class ``label``, default 0; digits: every class in turn)."""
+    scale, under the subject's guidance (exact targets: class ``label``, default 0; digits: every class in turn).
+    ``device`` and ``context``: as :func:`run_bench`'s."""
     if subject.guided is None:
         raise ValueError(f"{subject.name} has no guidance to sweep")
     n = DEFAULT_N[subject.kind] if n is None else check_int("n (samples per run; the metrics need two)", n, 2)
     label = (0 if label is None else label) if subject.kind == "exact" else label
     scorer = subject.make_scorer(n, seed, label, guided=True)
+    ctx = context or Context()
     result = BenchResult(subject.name, subject.kind, n, seed, [], {}, scorer.columns, scorer.headline,
                          scorer.description, subject.guidance)
-    result.rows.append(_reference_row(subject, scorer, None))
-    with _progress(len(scales) + 1, progress, f"guidance {subject.name}") as bar:
-        result.floors = scorer.floor()
+    _note_ranks(result, ctx)
+    if ctx.is_main:
+        result.rows.append(_reference_row(subject, scorer, None))
+    with _progress(len(scales) + 1, progress if ctx.is_main else False, f"guidance {subject.name}") as bar:
+        if ctx.is_main:
+            result.floors = scorer.floor()
         bar.update(1)
         for scale in scales:
             model, y = subject.guided(float(scale), label, n)
+            move_model(model, device)
             labels = torch.full((n,), y) if isinstance(y, int) else y
-            result.rows.append(_run_one("scoregen", sampler, budget, model, subject, scorer, n, seed, labels, float(scale)))
+            row = _run_one("scoregen", sampler, budget, model, subject, scorer, n, seed, labels, float(scale), device, ctx)
+            if ctx.is_main:
+                result.rows.append(row)
             bar.update(1)
     return result
 
 
 def _keep(samples: torch.Tensor, subject: Subject) -> Optional[torch.Tensor]:
     return samples[:GRID_SAMPLES].detach().cpu().float().clone() if subject.image else None
+
+
+def move_model(model, device) -> None:
+    """Move the networks inside ``model`` (and inside the scoregen wrappers around it: guidance, analytic variance,
+    hooks) to ``device``, in place; nothing for the CPU or None, where everything is loaded. Exact targets need
+    nothing: they follow their input's device."""
+    if device is None or torch.device(device).type == "cpu":
+        return
+    seen: set = set()
+
+    def visit(obj, depth: int) -> None:
+        if id(obj) in seen or depth > 6:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            obj.to(device)
+            return
+        for value in getattr(obj, "__dict__", {}).values():
+            if isinstance(value, torch.nn.Module) or type(value).__module__.startswith("scoregen."):
+                visit(value, depth + 1)
+
+    visit(model, 0)

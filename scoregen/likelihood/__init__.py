@@ -11,7 +11,8 @@ docs/likelihood.md explains the estimators, their costs and how they relate.
 from .gaussian import Bins, discretized_gaussian_nll, gaussian_nll, normal_kl
 from .ode import ode_nll
 from .plot import plot_terms
-from .result import NLLResult
+from .result import NLLResult, concat_results, gather_results
 from .vlb import prior_kl, vlb
 
-__all__ = ["vlb", "ode_nll", "NLLResult", "Bins", "normal_kl", "gaussian_nll", "discretized_gaussian_nll", "prior_kl", "plot_terms"]
+__all__ = ["vlb", "ode_nll", "NLLResult", "Bins", "normal_kl", "gaussian_nll", "discretized_gaussian_nll", "prior_kl", "plot_terms",
+           "concat_results", "gather_results"]

@@ -38,6 +38,11 @@ def chunks(n: int, batch_size: Optional[int]) -> Iterator[slice]:
         yield slice(i, min(i + size, n))
 
 
+def shift(part: slice, offset: int) -> slice:
+    """``part`` moved by ``offset``: the samples' indices in the whole data set when ``x0`` starts at ``offset``."""
+    return slice(part.start + offset, part.stop + offset)
+
+
 #: Samples that share one generator per kind of draw (:func:`per_sample_draws`).
 BLOCK = 64
 

@@ -28,7 +28,7 @@ from .._progress import progress as _progress
 from ..models import ScoreModel
 from ..samplers.ode import ODE_METHODS, ODESolverError
 from ..schedules import ve_levels
-from ._inputs import check_data, chunks, normal, per_sample_draws
+from ._inputs import check_data, chunks, normal, per_sample_draws, shift
 from .result import NLLResult
 
 __all__ = ["ode_nll", "DIVERGENCES", "PROBES", "EXACT_MAX_DIMS"]
@@ -82,6 +82,7 @@ def ode_nll(
     batch_size: Optional[int] = 256,
     progress: Optional[bool] = None,
     details: bool = False,
+    index_offset: int = 0,
 ) -> Union[Tensor, NLLResult]:
     """``-log p(x0)`` of each sample by the probability-flow ODE, in nats: a (B,) float64 tensor.
 
@@ -102,6 +103,11 @@ def ode_nll(
         batch_size: samples integrated together (one solver run each; they share its steps, so the result depends
             on the batching within the solver's tolerance).
         details: return an :class:`NLLResult` (bits/dim, standard error, terms, NFE) instead of the tensor.
+        index_offset: the index of ``x0[0]`` in the whole data set (its dequantization and probes are those of
+            sample ``index_offset + i``): a process that evaluates ``x[a:b]`` with ``index_offset=a`` gets rows
+            [a, b) of the result for all of ``x`` within the solver's tolerance (the batch shares the adaptive
+            steps, so a different split of the batches moves each value by about rtol; the same batches give the
+            same values).
     Raises:
         ODESolverError: the solver failed (its step size underflowed).
     """
@@ -113,6 +119,7 @@ def ode_nll(
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     probes = check_int("probes (Hutchinson probes per sample)", probes, 1, 1024)
+    offset = check_int("index_offset", index_offset, 0)
     rtol = check_real("rtol", rtol, 100 * float(np.finfo(np.float64).eps), 1.0)
     atol = check_real("atol", atol, 0.0)
     high, low = ve_levels(model.schedule)
@@ -138,9 +145,9 @@ def ode_nll(
             n, shape = x.shape[0], x.shape
             lab = None if labels is None else labels[part]
             if grid_bins is not None:  # uniform dequantization on each value's bin
-                u = per_sample_draws(seed, 0, part, shape[1:], _uniform).to(dtype=x.dtype, device=x.device)
+                u = per_sample_draws(seed, 0, shift(part, offset), shape[1:], _uniform).to(dtype=x.dtype, device=x.device)
                 x = x + (u - 0.5) * grid_bins.width
-            v = None if exact else per_sample_draws(seed, 1, part, (probes, D), normal if probe == "gaussian" else
+            v = None if exact else per_sample_draws(seed, 1, shift(part, offset), (probes, D), normal if probe == "gaussian" else
                                                     _rademacher).transpose(0, 1).to(dtype=x.dtype, device=x.device)
             done, count = 0, 0
 
@@ -183,4 +190,5 @@ def ode_nll(
                      nfe=max(nfe), info={"divergence": "exact" if exact else "hutchinson",
                                          "probe": None if exact else probe, "probes": None if exact else probes,
                                          "rtol": rtol, "atol": atol, "method": method, "sigma_min": s_min,
-                                         "sigma_max": s_max, "bins": bins, "seed": int(seed), "nfe_per_batch": nfe})
+                                         "sigma_max": s_max, "bins": bins, "seed": int(seed), "nfe_per_batch": nfe,
+                                         **({"index_offset": offset} if offset else {})})

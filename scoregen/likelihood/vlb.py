@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from .._progress import progress as _progress
 from ..models import ScoreModel, prepare_levels
 from ..samplers.grids import StepGrid, step_grid
 from ..variance import kernels, step_variance, variance_source
-from ._inputs import check_data, chunks, normal, per_sample_draws
+from ._inputs import check_data, chunks, normal, per_sample_draws, shift
 from .gaussian import discretized_gaussian_nll, gaussian_nll, normal_kl
 from .result import NLLResult
 
@@ -59,6 +60,7 @@ def vlb(
     batch_size: Optional[int] = 256,
     progress: Optional[bool] = None,
     details: bool = False,
+    index_offset: int = 0,
 ) -> Union[Tensor, NLLResult]:
     """The variational bound on ``-log p(x0)`` of each sample, in nats: a (B,) float64 tensor.
 
@@ -78,8 +80,13 @@ def vlb(
             result does not depend on ``batch_size`` or on how the data is split.
         batch_size: samples evaluated together.
         details: return an :class:`NLLResult` (bits/dim, standard error, every term) instead of the tensor.
+        index_offset: the index of ``x0[0]`` in the whole data set (its noise draws are those of sample
+            ``index_offset + i``): a process that evaluates ``x[a:b]`` with ``index_offset=a`` gets rows [a, b) of
+            the result for all of ``x`` (``torchrun ... scoregen nll`` splits the data this way; per sample the same
+            to rounding of the model's batched evaluations, bit for bit on the built-in targets on CPU).
     """
     x0, grid_bins, labels = check_data(model, x0, bins, data_range, y)
+    offset = check_int("index_offset", index_offset, 0)
     moments = variance_source(variance, model)
     times = model.schedule.times
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver=None,
@@ -100,7 +107,7 @@ def vlb(
             x, lab = x0[part], None if labels is None else labels[part]
             prior[part] = prior_kl(x, m[0], sigma[0]).double()
             for i, k in enumerate(steps_):
-                z = per_sample_draws(seed, i, part, x.shape[1:], normal).to(dtype=x.dtype, device=x.device)
+                z = per_sample_draws(seed, i, shift(part, offset), x.shape[1:], normal).to(dtype=x.dtype, device=x.device)
                 x_t = m[i] * x + sigma[i] * z
                 eps, v = model.eps_and_variance(x_t, sigma[i], m[i], lab)
                 x0_hat = (x_t - sigma[i] * eps) / m[i]
@@ -125,4 +132,5 @@ def vlb(
     return NLLResult(nats=nats, dims=x0[0].numel(), method="vlb",
                      terms={"prior": prior, "steps": terms, "decoder": decoder}, t=t, nfe=len(steps_),
                      info={"variance": variance, "bins": bins, "data_range": list(data_range) if bins else None,
-                           "levels": len(steps_), "grid": grid.describe(), "seed": int(seed)})
+                           "levels": len(steps_), "grid": grid.describe(), "seed": int(seed),
+                           **({"index_offset": offset} if offset else {})})

@@ -4,8 +4,10 @@ Every sampler is a function ``sampler(model, z, *, generator, y, start, callback
 where ``z`` is standard normal noise of shape (B, *shape) that the sampler scales to its own first level (or uses to
 noise ``start``, an SDEdit start), and whose options include its step grid (``steps``, ``spacing``, ``sigmas``,
 ``timesteps``: :mod:`scoregen.samplers.grids`).
-:func:`sample` draws ``z`` from a seeded generator, counts network evaluations (NFE), times the run and
-checks the model and the result, so swapping samplers on a model is one argument::
+:func:`sample` draws ``z`` and hands the sampler its noise source ``generator`` (per-sample streams of the seed,
+:mod:`scoregen.streams`, so that sample i depends on (seed, i) alone; samplers draw through
+:func:`scoregen.streams.normal_`), counts network evaluations (NFE), times the run and checks the model and the
+result, so swapping samplers on a model is one argument::
 
     sample(model, "ddpm", n=1000, seed=0)
     sample(model, "langevin", n=1000, seed=0, levels=10, steps_per_level=100)
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..models import ScoreModel, X0Hook, check_like, class_labels
+from ..streams import SampleStreams
 from .._checks import check_int, check_real
 from . import _batches, _guard
 from ._common import Start
@@ -115,6 +118,7 @@ def sample(
     batch_size: Optional[int] = None,
     x_start: Optional[Tensor] = None,
     start_level: Optional[float] = None,
+    index_offset: int = 0,
     **options,
 ) -> SampleResult:
     """Draw ``n`` samples from ``model`` with ``sampler`` (a name in :data:`SAMPLERS` or a sampler function).
@@ -122,15 +126,20 @@ def sample(
     Args:
         n: the number of samples, an integer >= 1 (a Python or numpy integer; not a float or a bool).
         seed / generator: the source of every random draw, one or the other; same seed, same samples. ``seed`` is
-            an integer in [0, 2**63). With neither, a fresh seed is drawn and reported in the result.
+            an integer in [0, 2**63). With neither, a fresh seed is drawn and reported in the result. With a seed,
+            sample i's initial noise and every step's noise come from per-sample streams (:mod:`scoregen.streams`)
+            and depend on (seed, i) alone; a ``generator`` is drawn from in order, so its samples depend on the
+            batches.
         y: class label(s) passed to the model: an int, or an integer tensor of shape (n,); guidance uses it.
         x0_hook: applied to x0_hat at every step (e.g. :func:`scoregen.clip_x0`), via :class:`~scoregen.X0Hook`.
         progress: show a progress bar (None: only on a terminal).
         batch_size: draw the n samples in consecutive batches of at most this many (None: as many as fit in a
-            fixed 2 GiB by the estimate below, so the same on every machine). The batches use the same generator
-            in order, each drawing its initial noise and then its sampler's noise, and are concatenated; ``callback`` and the progress bar run
-            once per batch. A model holding per-sample data (a measurement with one observation per sample)
-            needs all n samples in one batch.
+            fixed 2 GiB by the estimate below, so the same on every machine), concatenated; with a seed the samples
+            do not depend on it. ``callback`` and the progress bar run once per batch. A model holding per-sample
+            data (a measurement with one observation per sample) needs all n samples in one batch.
+        index_offset: the index of the first sample (with a seed): the result is rows [index_offset, index_offset
+            + n) of the run of this seed, whatever n, so a range of indices can be split over calls, processes or
+            machines (``y``, ``x_start`` and the result still hold these n samples only).
         x_start / start_level: start from a given state instead of the prior draw, shape (n, *shape) or (*shape).
             With ``start_level`` (a VE noise level sigma / m; SDEdit, img2img), ``x_start`` is clean data: it is
             noised to that level with the run's initial noise (``m x_start + sigma z``) and the sampler solves down
@@ -140,11 +149,9 @@ def sample(
             levels are VE (m = 1), reads it in VE coordinates.
         options: the sampler's own options, e.g. ``steps``, ``spacing``, ``variance``, ``eta``, ``levels``.
 
-    Samples depend on the seed, n and the batch size: n = 100 and two runs of n = 50 with the same seed give
-    different samples, even for deterministic DDIM (eta = 0), because the initial noise of a batch is drawn as
-    one (batch, *shape) block from the generator, and a stochastic sampler's noise draws follow it. The default
-    batch size depends on the model, n, the shape and the dtype only, never on the machine's free memory, so the
-    same call gives the same samples on an idle and on a busy machine.
+    With a seed, sample i depends on (seed, i) alone: n = 100 once, 2 x 50 (``index_offset=50`` for the second) or
+    any batch size give the same samples, bit for bit on the same device type and dtype, for every sampler. The
+    default batch size depends on the model, n, the shape and the dtype only, never on the machine's free memory.
 
     Memory is estimated before anything is allocated (:mod:`scoregen.samplers._batches`): a sample in flight holds
     about 6 copies of its state, what the model declares (:meth:`~scoregen.ScoreModel.eval_bytes_per_sample`) and
@@ -178,6 +185,7 @@ def sample(
     if not model.shape:
         raise ValueError("the model does not declare its sample shape; give it a `shape` (e.g. NetworkScoreModel(..., shape=(2,)))")
     n = check_int("n", n)
+    index_offset = check_int("index_offset", index_offset, 0)
     batch_size = None if batch_size is None else check_int("batch_size", batch_size)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64, ...), got {dtype!r}")
@@ -190,18 +198,31 @@ def sample(
 
     if generator is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
-        generator = torch.Generator(device).manual_seed(seed)
+    elif index_offset:
+        raise ValueError("index_offset places samples in a seeded run's per-sample streams: pass seed, not generator")
+    group = fn.sample_group(tuple(model.shape)) if seed is not None and hasattr(fn, "sample_group") else None
+    group = group if group and group > 1 else None
     out, nfe, wall = None, 0, 0.0
     for start in range(0, n, batch):
         b = min(batch, n - start)
-        z = torch.randn((b, *model.shape), generator=generator, device=device, dtype=dtype)
+        first = index_offset + start
+        # A sampler that couples samples (pc's step size from its group's mean norms) runs on whole groups of `group`
+        # indices, so a sample's group is the same in any split; the extra rows are computed and dropped.
+        lo, hi = (first // group * group, -(-(first + b) // group) * group) if group else (first, first + b)
+        rows = slice(first - lo, first - lo + b)
+        if seed is not None:  # this batch's samples' own streams: the first draw is their initial noise
+            noise = SampleStreams(seed, lo, hi, model.shape, device=device, dtype=dtype)
+            z = noise.normal()
+        else:
+            noise = generator
+            z = torch.randn((b, *model.shape), generator=generator, device=device, dtype=dtype)
         guarded = _guard.Guarded(stack, name, type(model).__name__, z)
         t0 = time.perf_counter()
         with torch.no_grad():
             if x_start is not None:
-                options["start"] = Start(x_start[start:start + b] if x_start.shape[0] == n else x_start.expand_as(z),
-                                         start_level)
-            x = fn(guarded, z, generator=generator, y=None if labels is None else labels[start:start + b],
+                part = x_start[start:start + b] if x_start.shape[0] == n else x_start.expand(b, *x_start.shape[1:])
+                options["start"] = Start(_pad(part, rows, hi - lo), start_level)
+            x = fn(guarded, z, generator=noise, y=None if labels is None else _pad(labels[start:start + b], rows, hi - lo),
                    callback=callback, progress=progress, **options)
             guarded.finish()
         wall += time.perf_counter() - t0
@@ -213,6 +234,7 @@ def sample(
                 "kept answering finitely to a non-finite state. Its step is too large for what the model returns: "
                 "use more steps (or a smaller step_lr for langevin)")
         nfe = max(nfe, guarded.nfe)
+        x = x[rows] if hi - lo != b else x
         if b == n:
             out = x
         else:
@@ -222,6 +244,15 @@ def sample(
     if x_start is not None:  # recorded: a run from a given state is not a run from the prior
         options.update(x_start=f"tensor of shape {tuple(x_start.shape)}", start_level=start_level)
     return SampleResult(out, nfe, wall, name, seed, dict(options), batch)
+
+
+def _pad(part: Tensor, rows: slice, size: int) -> Tensor:
+    """``part`` (a batch's labels or start states) placed at ``rows`` of ``size`` rows, the padding rows repeating the
+    nearest real one (they only fill a coupled sampler's group, and are dropped)."""
+    if part.shape[0] == size:
+        return part
+    return torch.cat([part[:1].expand(rows.start, *part.shape[1:]), part,
+                      part[-1:].expand(size - rows.stop, *part.shape[1:])])
 
 
 def _check_start(x_start, start_level, n: int, shape: tuple, name: str, params) -> Optional[Tensor]:

@@ -12,6 +12,7 @@ from torch import Tensor
 from .._checks import check_real
 from ..models import ScoreModel
 from ..schedules import transition
+from ..streams import Noise, normal_
 from ._common import Start, begin, progress_bar, report
 from .exponential import first_order
 from .grids import StepGrid, step_grid
@@ -26,7 +27,7 @@ def ddim(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     eta: float = 0.0,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -57,6 +58,6 @@ def ddim(
             eps = model.eps(x, sigma[i], m[i], y)
             x.mul_(coef[i][0]).add_(eps, alpha=coef[i][1])
             if c[i] > 0:
-                x.add_(noise.normal_(generator=generator), alpha=c[i])
+                x.add_(normal_(noise, generator), alpha=c[i])
             report(bar, callback, i, x, m[i + 1], sigma[i + 1], eps=eps)
     return x

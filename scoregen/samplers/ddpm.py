@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..models import ScoreModel
 from ..variance import kernels, step_variance, variance_source
+from ..streams import Noise, normal_
 from ._common import Start, begin, progress_bar, report
 from .grids import StepGrid, step_grid
 
@@ -24,7 +25,7 @@ def ddpm(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     variance: Literal["beta_tilde", "beta", "learned", "analytic"] = "beta_tilde",
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -70,7 +71,7 @@ def ddpm(
                 eps = model.eps(x, sigma[i], m[i], y)
             x.sub_(eps, alpha=k.beta / sigma[i]).div_(math.sqrt(k.alpha))  # mu, eq. 11
             if i < last:
-                noise.normal_(generator=generator)
+                normal_(noise, generator)
                 if variance == "learned":
                     x.add_(noise * step_variance("learned", k, v=v).sqrt())
                 else:

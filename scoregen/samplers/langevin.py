@@ -18,6 +18,7 @@ from torch import Tensor
 from ..models import ScoreModel
 from .._checks import check_int, check_real
 from ..schedules import MAX_LEVELS, ncsnv2_levels
+from ..streams import Noise, normal_
 from ._common import Start, begin, progress_bar, report, warn_at_caller
 from .grids import StepGrid, step_grid
 
@@ -189,7 +190,7 @@ def langevin(
     sigma_max: Optional[float] = None,
     sigma_min: Optional[float] = None,
     final_denoise: bool = False,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -233,7 +234,7 @@ def langevin(
             a = step_lr * sigma**2 / sigma_L**2  # Algorithm 1, step size alpha_i
             for _ in range(steps[i]):
                 score = model.score(x, sigma, 1.0, y)
-                x.add_(score, alpha=a).add_(noise.normal_(generator=generator), alpha=math.sqrt(2 * a))
+                x.add_(score, alpha=a).add_(normal_(noise, generator), alpha=math.sqrt(2 * a))
             bar.update(steps[i] - 1)
             report(bar, callback, i, x, 1.0, sigma)
     if final_denoise:

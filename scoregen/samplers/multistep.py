@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_real
 from ..models import ScoreModel
+from ..streams import Noise, normal_
 from . import exponential as ei
 from ._common import Start, begin, progress_bar, report
 from .grids import StepGrid, step_grid
@@ -64,7 +65,7 @@ def dpmpp_2m(
     spacing: Optional[str] = None,
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -115,7 +116,7 @@ def dpmpp_3m(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     coefficient: Literal["reference", "taylor"] = "reference",
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -174,7 +175,7 @@ def dpmpp_2m_sde(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     eta: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -217,7 +218,7 @@ def dpmpp_2m_sde(
             history.push(x0)
             history.apply(x, *plan[i])
             if noise_std[i] > 0:
-                x.add_(noise.normal_(generator=generator), alpha=noise_std[i])
+                x.add_(normal_(noise, generator), alpha=noise_std[i])
             report(bar, callback, i, x, 1.0, s[i + 1], x0=x0)
     return x
 
@@ -231,7 +232,7 @@ def unipc(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     order: int = 2,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -294,7 +295,7 @@ def deis(
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
     order: int = 3,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,

@@ -19,6 +19,7 @@ from torch import Tensor
 from .._checks import check_int, check_real
 from ..errors import ScoregenError
 from ..models import ScoreModel, prepare_levels
+from ..streams import Noise, normal_
 from . import exponential as ei
 from ._common import Start, begin, progress_bar, report
 from .grids import StepGrid, step_grid
@@ -34,7 +35,7 @@ def euler(
     spacing: Optional[str] = None,
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -64,7 +65,7 @@ def heun(
     spacing: Optional[str] = None,
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -112,7 +113,7 @@ def edm(
     s_tmin: float = 0.0,
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -151,7 +152,7 @@ def edm(
     with progress_bar(len(grid), progress, "edm") as bar:
         for i in range(len(grid)):
             if s_hat[i] != s[i]:  # Algorithm 2, lines 4-6: churn
-                x.add_(noise.normal_(generator=generator), alpha=churn[i])
+                x.add_(normal_(noise, generator), alpha=churn[i])
             d = _heun_step(model, x, s_hat[i], s[i + 1], y)  # lines 7-11
             report(bar, callback, i, x, 1.0, s[i + 1], eps=d, sigma_hat=s_hat[i])
     return x
@@ -171,7 +172,7 @@ def ipndm(
     timesteps: Optional[Sequence[float]] = None,
     order: int = 4,
     variable_step: bool = False,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -234,7 +235,7 @@ def ode(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     sigma_min: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_real
 from ..models import ScoreModel
+from ..streams import Noise, normal_
 from ._common import Start, begin, progress_bar, report
 from .grids import StepGrid, step_grid
 
@@ -36,7 +37,7 @@ def euler_maruyama(
     spacing: Optional[str] = None,
     sigmas: Union[Sequence[float], StepGrid, None] = None,
     timesteps: Optional[Sequence[float]] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -64,7 +65,7 @@ def euler_maruyama(
             eps = model.eps(x, s[i], 1.0, y)
             x.add_(eps, alpha=drift[i])
             if diffusion[i] > 0:
-                x.add_(noise.normal_(generator=generator), alpha=diffusion[i])
+                x.add_(normal_(noise, generator), alpha=diffusion[i])
             report(bar, callback, i, x, 1.0, s[i + 1], eps=eps)
     return x
 
@@ -79,7 +80,7 @@ def pc(
     timesteps: Optional[Sequence[float]] = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
-    generator: Optional[torch.Generator] = None,
+    generator: Noise = None,
     y: Optional[Tensor] = None,
     start: Optional[Start] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -89,11 +90,13 @@ def pc(
     model), in ``get_pc_sampler``'s order: at each level s_i of the grid, first the corrector, then the predictor.
 
     * Corrector: ``corrector_steps`` Langevin steps at s_i, ``x <- x + a score(x, s_i) + sqrt(2 a) z`` with
-      ``a = 2 (snr ||z|| / ||score||)^2``, where ``||.||`` is the batch mean of the per-sample norms (score-SDE's
-      ``LangevinCorrector`` exactly; alpha = 1 in VE coordinates). One step size for the whole batch, so a sample's
-      trajectory depends on the rest of its batch (as in score-SDE), not only on its own noise. Per-sample norms
-      would make a sample near a mode's centre, where ||score|| is near 0, take a step ``a`` so large that it jumps
-      far across the mode: in 2-D that inflates the variances by hundreds of standard errors.
+      ``a = 2 (snr ||z|| / ||score||)^2``, where ``||.||`` is the mean of the per-sample norms over a group of
+      :func:`pc_group` samples (score-SDE's ``LangevinCorrector``, alpha = 1 in VE coordinates, averages over its
+      whole batch; 64 samples of 2-d data, one image from 3x32x32 on). Per-sample norms would make a sample near a mode's centre, where ||score|| is near 0, take a step
+      ``a`` so large that it jumps far across the mode: in 2-D that inflates the variances by hundreds of standard
+      errors. The groups are fixed runs of sample indices (``pc.sample_group``: :func:`scoregen.sample` hands the
+      sampler whole groups), so a sample's trajectory depends on its group's noise, the same in any batch or split;
+      called directly on a batch that is not a multiple of the group, the whole batch is one group.
     * Predictor: the reverse-diffusion step (``ReverseDiffusionPredictor``, the ancestral VE step)
       ``x <- x + (s_i^2 - s_{i+1}^2) score(x, s_i) + sqrt(s_i^2 - s_{i+1}^2) z``. The last one, from the cleanest
       level s_{N-1} to 0, is noise-free: ``x + s_{N-1}^2 score = x0_hat`` (score-SDE returns its ``x_mean``,
@@ -114,20 +117,43 @@ def pc(
     var = [s[i] ** 2 - s[i + 1] ** 2 for i in range(n)]  # the predictor's step: s_i^2 - s_{i+1}^2
     std = [math.sqrt(v) if s[i + 1] > 0 else 0.0 for i, v in enumerate(var)]
     noise = torch.empty_like(x)
+    B, col = x.shape[0], (x.shape[0],) + (1,) * (x.ndim - 1)
+    G = pc_group(tuple(x.shape[1:]))
+    G = G if B % G == 0 else B
+
+    def group_mean(v: Tensor) -> Tensor:  # (B,) per-sample values -> (B,) the mean of each sample's group
+        return v.view(-1, G).mean(1).repeat_interleave(G)
+
     with progress_bar(n, progress, "pc") as bar:
         for i in range(n):
             for _ in range(corrector_steps):  # corrector: Langevin at s_i
                 score = model.score(x, s[i], 1.0, y)
-                noise.normal_(generator=generator)
-                score_norm = score.flatten(1).norm(dim=1).mean()
-                ratio = noise.flatten(1).norm(dim=1).mean() / score_norm
-                # a 0-d tensor: no host sync on an accelerator. A zero score (a stationary point of the whole batch)
-                # leaves the step undefined (infinite): the corrector then does not move
-                a = torch.where(score_norm > 0, (2.0 * snr * snr) * ratio.square(), 0.0)
+                normal_(noise, generator)
+                score_norm = group_mean(score.flatten(1).norm(dim=1))
+                ratio = group_mean(noise.flatten(1).norm(dim=1)) / score_norm
+                # per-sample (B, 1, ...) tensors: no host sync on an accelerator. A zero score (a stationary point of a
+                # whole group) leaves the step undefined (infinite): the corrector then does not move that group
+                a = torch.where(score_norm > 0, (2.0 * snr * snr) * ratio.square(), 0.0).view(col)
                 x.add_(score * a).add_(noise.mul_(a.mul_(2.0).sqrt_()))
             score = model.score(x, s[i], 1.0, y)  # predictor: reverse diffusion from s_i to s_{i+1}
             x.add_(score, alpha=var[i])
             if std[i] > 0:
-                x.add_(noise.normal_(generator=generator), alpha=std[i])
+                x.add_(normal_(noise, generator), alpha=std[i])
             report(bar, callback, i, x, 1.0, s[i + 1], score=score)
     return x
+
+
+#: Numbers whose mean square sets :func:`pc`'s corrector step, at least (a group of samples' norms averaged), and the
+#: most samples in a group (score-SDE averages over its batch; 64 is a common one there).
+PC_GROUP_ELEMENTS, PC_GROUP_MAX = 4096, 64
+
+
+def pc_group(shape: tuple[int, ...]) -> int:
+    """Samples per group of :func:`pc`'s corrector norms: enough to hold PC_GROUP_ELEMENTS numbers, at most
+    PC_GROUP_MAX (64 for vectors and the 8x8 digits, 6 for 1x28x28, 2 for 3x32x32, 1 from 3x64x64 on, where one
+    sample's norms are already that stable). A function of the shape alone, as the runs of indices must be."""
+    numel = max(1, math.prod(int(v) for v in shape))
+    return max(1, min(PC_GROUP_MAX, -(-PC_GROUP_ELEMENTS // numel)))
+
+
+pc.sample_group = pc_group

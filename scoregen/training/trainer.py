@@ -1,10 +1,14 @@
-"""The training loop: AdamW, linear warmup, gradient clipping, EMA, periodic checkpoints, exact resume."""
+"""The training loop: AdamW, linear warmup, gradient clipping, EMA, periodic checkpoints, exact resume; under
+``torchrun``, data-parallel (DistributedDataParallel) with the global batch shared out among the ranks
+(:mod:`scoregen.training.distributed`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -15,9 +19,12 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_real, short
 from .._progress import progress as progress_bar
+from ..distributed import Context, all_reduce_sum, launched
+from ..distributed import setup as setup_distributed
 from ..io import checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
 from ..io.checkpoints import CONFIG_NAME, load_weights
 from ..memory import activation_bytes, available_memory, format_bytes
+from .distributed import Replica, check_global_batch, chunk_seeds, lock_on_main, on_main, rank_chunks, resolve_chunks
 from .objectives import (check_hybrid_network, classifier_loss, ddpm_loss, drop_labels, hybrid_loss, judge_loss,
                          ncsn_loss)
 
@@ -179,6 +186,9 @@ def _restore(state: dict, path: str, step: int, opt, sched, g: torch.Generator) 
     running = state["running_loss"]
     if not (running is None or isinstance(running, float)):
         raise unfit(f"running loss {short(running)}")
+    chunks = state.get("chunks")
+    if chunks is not None and (type(chunks) is not int or chunks < 1):
+        raise unfit(f"chunks {short(chunks)}")
     for key, now in (("generator", g.get_state()), ("torch_rng", torch.get_rng_state())):
         saved = state[key]
         if not isinstance(saved, Tensor) or saved.dtype != torch.uint8 or saved.shape != now.shape:
@@ -241,6 +251,8 @@ def train(
     progress: Optional[bool] = None,
     callback: Optional[Callable[[int, float], None]] = None,
     evaluate: Optional[Callable[[nn.Module], dict]] = None,
+    context: Optional[Context] = None,
+    chunks: Optional[int] = None,
 ) -> dict:
     """Train ``net`` on data ``x`` (N, ...) with optional labels ``y`` (N,), checkpointing to ``out_dir``.
 
@@ -261,6 +273,18 @@ def train(
     and without gradients, and its entries join that checkpoint's meta. ``callback(step, loss)`` runs after every step. Returns ``{"steps", "start_step", "end_step",
     "running_loss", "out_dir"}``: the run trained steps ``start_step`` .. ``end_step`` (equal when there was
     nothing to do); ``running_loss`` is the exponential average of the loss (None if no step was ever taken).
+
+    **Under torchrun** (``context``: this process's :class:`~scoregen.distributed.Context`; default: one process,
+    or :func:`scoregen.distributed.setup` on the network's device when started by torchrun) every rank calls
+    ``train`` with the same network, data and config, and ``net`` and ``x`` on its device. ``config.batch_size`` is
+    the global batch (a multiple of the world size W): each step's batch is cut into K chunks (K = W by default)
+    whose indices and noise come from per-(seed, step, chunk) generators, rank r computes its K / W chunks, and
+    DistributedDataParallel averages the gradients, so the optimizer, LR schedule and EMA are identical on every
+    rank. Rank 0 alone takes the folder's lock, writes the checkpoints and runs ``evaluate``; the others wait for it.
+    A checkpoint resumes under any world size; one that W' divides its K continues the very same trajectory.
+    ``chunks``: draw the batches as this many chunks (a multiple of W dividing the batch), e.g. to reproduce a
+    2-rank run in one process. Without torchrun and ``chunks``, training is the one-process scheme of old (one
+    generator for the whole batch). See :mod:`scoregen.training.distributed`.
     """
     if resume and overwrite:
         raise ValueError("resume=True continues the checkpoint in out_dir and overwrite=True replaces it: give one of them")
@@ -269,8 +293,13 @@ def train(
     if y is not None and (not isinstance(y, Tensor) or tuple(y.shape) != (x.shape[0],)):
         raise ValueError(f"y must be a tensor of shape (N,) = ({x.shape[0]},), one label per sample, got "
                          f"{getattr(y, 'shape', type(y).__name__)}")
+    ctx = context if context is not None else _default_context(net)
+    world = ctx.world_size
+    check_global_batch(config.batch_size, world)
+    resolve_chunks(None, chunks, world, config.batch_size, False)  # checks a requested count before any work
     loss_fn = _loss_fn(config, net)
-    _check_memory(net, loss_fn, x, y, config.batch_size)  # before the seed: the probe's draws are then forgotten
+    # before the seed: the probe's draws are then forgotten. A rank computes its chunks one after the other.
+    _check_memory(net, loss_fn, x, y, config.batch_size // max(world, chunks or 1))
     out = os.fspath(out_dir)
     fingerprint = _data_fingerprint(x, y)
     meta, data_scale = _with_data_scale(meta, x)  # meta.data.sigma_max: Langevin's start on the trained model
@@ -279,8 +308,9 @@ def train(
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
     ema = copy.deepcopy(net).requires_grad_(False)
-    start, running = 0, None
-    with checkpoint_lock(out):  # from reading the checkpoint to the last save: no other writer here
+    start, running, saved_chunks = 0, None, None
+    # from reading the checkpoint to the last save: no other writer here (under torchrun: rank 0 holds the lock)
+    with lock_on_main(ctx, lambda: checkpoint_lock(out)):
         existing = os.path.lexists(os.path.join(out, CONFIG_NAME))
         if existing and not resume and not overwrite:
             try:
@@ -290,19 +320,51 @@ def train(
             raise FileExistsError(f"{out} already holds a checkpoint ({held}): pass --resume (resume=True) to continue "
                                   "it, or --overwrite (overwrite=True) to replace it")
         if resume and existing:
-            start, running = _resume(out, net, ema, config, fingerprint, opt, sched, g)
+            start, running, saved_chunks = _resume(out, net, ema, config, fingerprint, opt, sched, g)
+        K, note = resolve_chunks(saved_chunks, chunks, world, config.batch_size, resume and existing)
+        if note and ctx.is_main:
+            warnings.warn(f"resuming {out} with {world} process(es): {note}", stacklevel=2)
+        ddp = None
+        if ctx.distributed:  # every rank has read the checkpoint: rank 0 may write from here on
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(net, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+            if not (resume and existing):  # DDP gave every rank rank 0's initial weights: so does the EMA
+                ema.load_state_dict(net.state_dict())
+        run_meta = {} if K is None else \
+            {"distributed": {"world_size": world, "chunks": K, "backend": ctx.backend, "device_type": ctx.device.type}}
 
         def checkpoint(step: int) -> None:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g.get_state(),
                      "torch_rng": torch.get_rng_state(), "step": step, "running_loss": running}
+            if K is not None:
+                state["chunks"] = K  # the batch scheme: no per-rank RNG state is needed (scoregen.training.distributed)
             save_checkpoint(out, net, step=step, ema=ema, trainer_state=state,
                             meta={**(meta or {}), **_evaluated(ema, evaluate), "train": asdict(config),
-                                  "data_fingerprint": fingerprint})
+                                  "data_fingerprint": fingerprint, **run_meta})
 
         net.train()
         n = x.shape[0]
-        with progress_bar(config.steps, progress, f"train {config.objective}", "step", initial=start) as bar:
+        if K is not None:
+            step_fn = _chunked_step(ctx, K, config, _loss_fn(config, Replica(ddp, net)) if ddp is not None else loss_fn,
+                                    ddp, opt, x, y)
+        with progress_bar(config.steps, progress if ctx.is_main else False, f"train {config.objective}", "step",
+                          initial=start) as bar:
             for step in range(start, config.steps):
+                if K is not None:
+                    loss_value = step_fn(step)
+                    nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                    opt.step()
+                    sched.step()
+                    _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
+                    running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
+                    bar.set_postfix(loss=f"{running:.4f}")
+                    bar.update()
+                    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                        on_main(ctx, lambda: checkpoint(step + 1), f"write the checkpoint of step {step + 1}")
+                    if callback is not None:
+                        callback(step + 1, loss_value)
+                    continue
                 idx = torch.randint(0, n, (config.batch_size,), generator=g)
                 loss = loss_fn(x[idx], None if y is None else y[idx], g)
                 if not torch.isfinite(loss):
@@ -322,11 +384,51 @@ def train(
                     checkpoint(step + 1)
                 if callback is not None:
                     callback(step + 1, loss.item())
+    del ddp  # its gradient hooks go with it
     net.eval()
     if data_scale is not None:
         net.data_sigma_max = data_scale  # as load_checkpoint sets it: net.score_model() starts Langevin at the data's scale
     return {"steps": config.steps, "start_step": start, "end_step": config.steps, "running_loss": running,
             "out_dir": out}
+
+
+def _default_context(net: nn.Module) -> Context:
+    """One process, or under torchrun this rank's context on the device of the network's parameters."""
+    if not launched():
+        return Context()
+    param = next(iter(net.parameters()), None)
+    return setup_distributed(param.device if param is not None else None)
+
+
+def _chunked_step(ctx: Context, chunks: int, config: TrainConfig, loss_fn, ddp, opt, x: Tensor, y: Optional[Tensor]):
+    """``step_fn(step) -> loss``: one step's forward and backward passes on this rank's chunks of the global batch,
+    leaving in the gradients the mean over all ``chunks`` chunks (DDP averages the ranks'), and returning that
+    global mean loss (summed across ranks: the same number on every rank). A non-finite loss raises on every rank
+    together, before the optimizer steps."""
+    mine = rank_chunks(chunks, ctx.rank, ctx.world_size)
+    size, n = config.batch_size // chunks, x.shape[0]
+
+    def step_fn(step: int) -> float:
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros(1, dtype=torch.float64)
+        for i, j in enumerate(mine):
+            data_seed, torch_seed = chunk_seeds(config.seed, step, j)
+            g = torch.Generator().manual_seed(data_seed)
+            torch.manual_seed(torch_seed)  # dropout draws from the global generator
+            idx = torch.randint(0, n, (size,), generator=g)
+            # gradients are averaged across ranks once, after this rank's last chunk
+            sync = ddp.no_sync() if ddp is not None and i + 1 < len(mine) else contextlib.nullcontext()
+            with sync:
+                loss = loss_fn(x[idx], None if y is None else y[idx], g)
+                (loss / len(mine)).backward()
+            total += loss.detach().to("cpu", torch.float64)
+        value = all_reduce_sum(total, ctx).item() / chunks
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {step}; lower lr (now {config.lr}) or "
+                                     "check the data's scale")
+        return value
+
+    return step_fn
 
 
 def _evaluated(ema: nn.Module, evaluate: Optional[Callable[[nn.Module], dict]]) -> dict:
@@ -343,8 +445,9 @@ def _evaluated(ema: nn.Module, evaluate: Optional[Callable[[nn.Module], dict]]) 
 
 
 def _resume(out: str, net: nn.Module, ema: nn.Module, config: TrainConfig, fingerprint: dict, opt, sched,
-            g: torch.Generator) -> tuple[int, Optional[float]]:
-    """Load the checkpoint in ``out`` into the run after checking that it is this run's; returns (step, running loss)."""
+            g: torch.Generator) -> tuple[int, Optional[float], Optional[int]]:
+    """Load the checkpoint in ``out`` into the run after checking that it is this run's; returns (step, running loss,
+    the number of chunks its batches were drawn as: None for the one-process scheme)."""
     ckpt = read_checkpoint_config(out)
     if ckpt["network"] != _as_json({"class": type(net).__name__, "config": net.config()}):
         raise ValueError(f"cannot resume: the checkpoint in {out!r} holds a different network "
@@ -376,7 +479,8 @@ def _resume(out: str, net: nn.Module, ema: nn.Module, config: TrainConfig, finge
     state = load_trainer_state(out, ckpt)
     load_weights(net, out, ckpt, "weights")
     load_weights(ema, out, ckpt, "ema")
-    return step, _restore(state, os.path.join(out, ckpt["files"]["trainer"]["name"]), step, opt, sched, g)
+    return step, _restore(state, os.path.join(out, ckpt["files"]["trainer"]["name"]), step, opt, sched, g), \
+        state.get("chunks")
 
 
 def _describe(fingerprint) -> str:

@@ -1,0 +1,111 @@
+"""Sample i depends on (seed, i) alone: per-sample random streams (scoregen.streams), so that n = 100 once, 2 x 50,
+3 x 33 + 1, or any batch size give the same samples, bit for bit, for every sampler (the adaptive ode solver shares
+its steps across a batch: equal within its tolerance)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import scoregen as sg
+from scoregen.streams import MAX_BLOCK, SampleStreams, block_seed, block_size, normal_
+
+RING = sg.load_target("ring2d")
+COND = sg.ClassifierGuidance(RING, RING.classifier, scale=2.0)
+
+#: Short runs of each sampler: a few steps are enough to draw noise at every step.
+OPTIONS = {"langevin": dict(levels=3, steps_per_level=2), "ddim": dict(steps=4, eta=0.7),
+           "ode": dict(rtol=1e-9, atol=1e-9), "pc": dict(steps=4, corrector_steps=2),
+           "edm": dict(steps=4, s_churn=10.0), "dpmpp_2m_sde": dict(steps=4, eta=1.0)}
+#: The splits of 100 samples the issue names: one call, 2 x 50, 3 x 33 + 1 (index_offset places each part).
+SPLITS = {"once": [100], "2x50": [50, 50], "3x33+1": [33, 33, 33, 1]}
+
+
+def _run(sampler, n, offset, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # langevin's few levels are on purpose
+        return sg.sample(RING, sampler, n, seed=11, index_offset=offset, progress=False, dtype=torch.float64,
+                         **OPTIONS.get(sampler, dict(steps=4)), **kw).samples
+
+
+@pytest.mark.parametrize("sampler", sorted(sg.SAMPLERS))
+def test_every_sampler_gives_the_same_samples_however_the_indices_are_split(sampler):
+    whole = _run(sampler, 100, 0)
+    for name, parts in SPLITS.items():
+        offsets = [sum(parts[:i]) for i in range(len(parts))]
+        split = torch.cat([_run(sampler, k, o) for k, o in zip(parts, offsets)])
+        if sampler == "ode":  # one adaptive solve per batch: its steps depend on the batch, within the tolerance
+            torch.testing.assert_close(split, whole, rtol=0, atol=1e-6, msg=f"{sampler} {name}")
+        else:
+            assert torch.equal(split, whole), f"{sampler}, split {name}: not bit-identical"
+    for batch_size in (7, 64):
+        batched = _run(sampler, 100, 0, batch_size=batch_size)
+        if sampler != "ode":
+            assert torch.equal(batched, whole), f"{sampler}, batch_size {batch_size}"
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_an_offset_run_is_the_same_rows_of_the_whole_run(sampler):
+    """Rows [a, b) of a run equal a run of b - a samples at index_offset a, across a block boundary too; other
+    seeds and other offsets give other samples."""
+    whole = _run(sampler, 100, 0)
+    torch.testing.assert_close(_run(sampler, 40, 30), whole[30:70], rtol=0, atol=0)
+    shifted = _run(sampler, 99, 1)
+    assert not torch.allclose(shifted, whole[:99]) and torch.equal(shifted, whole[1:])
+
+
+def test_labels_and_guidance_follow_their_indices():
+    y = torch.arange(60) % 8
+    whole = sg.sample(COND, "ddim", 60, seed=2, y=y, steps=5, progress=False).samples
+    part = sg.sample(COND, "ddim", 25, seed=2, y=y[35:], steps=5, index_offset=35, progress=False).samples
+    assert torch.equal(part, whole[35:])
+
+
+def test_streams_draw_whole_blocks_and_keep_their_rows():
+    shape = (3,)
+    B = block_size(shape)
+    a = SampleStreams(5, 0, 3 * B, shape)  # aligned: each block straight into the output
+    b = SampleStreams(5, B - 2, 2 * B + 7, shape)  # straddling three blocks
+    x, y = a.normal(), b.normal()
+    assert torch.equal(y, x[B - 2:2 * B + 7])
+    x2, y2 = a.normal(), b.normal()  # the second draw: each sample's own next draw
+    assert torch.equal(y2, x2[B - 2:2 * B + 7]) and not torch.equal(x2, x)
+    # block k's draw is its own generator's, seeded from (seed, k)
+    g = torch.Generator().manual_seed(block_seed(5, 1))
+    assert torch.equal(x[B:2 * B], torch.randn((B, *shape), generator=g))
+
+
+def test_block_size_is_a_power_of_two_of_the_shape_alone():
+    assert block_size((2,)) == block_size((64,)) == MAX_BLOCK
+    assert block_size((3, 32, 32)) == 256 and block_size((3, 256, 256)) == 4 and block_size((3, 1024, 1024)) == 1
+    for shape in [(1,), (5,), (3, 7, 7), (17, 3)]:
+        b = block_size(shape)
+        assert b & (b - 1) == 0 and 1 <= b <= MAX_BLOCK
+
+
+def test_streams_check_their_arguments():
+    with pytest.raises(ValueError, match="start < stop"):
+        SampleStreams(0, 5, 5, (2,))
+    with pytest.raises(ValueError, match="draw for 3 samples"):
+        SampleStreams(0, 0, 3, (2,)).normal_(torch.empty(4, 2))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(normal_(torch.empty(3), g), torch.randn(3, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="pass seed, not generator"):
+        sg.sample(RING, "ddim", 4, generator=torch.Generator(), index_offset=3, steps=2, progress=False)
+    with pytest.raises(ValueError, match="index_offset"):
+        sg.sample(RING, "ddim", 4, seed=0, index_offset=-1, steps=2, progress=False)
+
+
+def _initial(model, z, **kw):
+    """A "sampler" that returns its initial noise."""
+    return z.clone()
+
+
+def test_initial_noise_is_each_samples_first_draw_and_a_generator_still_draws_in_order():
+    z = sg.sample(RING, _initial, 70, seed=9, progress=False).samples
+    assert torch.equal(z, SampleStreams(9, 0, 70, (2,)).normal())
+    g = torch.Generator().manual_seed(4)  # a caller's own generator: its first (n, *shape) draw, as before
+    res = sg.sample(RING, _initial, 8, generator=g, progress=False)
+    assert res.seed is None and torch.equal(res.samples, torch.randn((8, 2), generator=torch.Generator().manual_seed(4)))
