@@ -21,7 +21,7 @@ def exact_result(request):
     return run_bench(subject, ["ddim"], [10, 1000], progress=False)
 
 
-def test_headline_separates_ddim_10_from_1000_steps_by_five_standard_errors(exact_result):
+def _headline_separates_ddim_10_from_1000_steps_by_five_standard_errors(exact_result):
     assert exact_result.n == 10000 and exact_result.headline == "mmd2"
     coarse, fine = (next(r for r in exact_result.rows if r.sampler == "ddim" and r.budget == b) for b in (10, 1000))
     gap = coarse.metrics["mmd2"] - fine.metrics["mmd2"]
@@ -30,7 +30,7 @@ def test_headline_separates_ddim_10_from_1000_steps_by_five_standard_errors(exac
     assert rank(exact_result, [coarse, fine])[0][1] is fine
 
 
-def test_exact_sampler_scores_within_two_standard_errors_of_its_floor(exact_result):
+def _exact_sampler_scores_within_two_standard_errors_of_its_floor(exact_result):
     exact = exact_result.rows[0]
     assert exact.source == "reference" and exact.sampler == "exact"
     assert exact_result.floors["mmd2"][0] == 0.0
@@ -41,10 +41,18 @@ def test_exact_sampler_scores_within_two_standard_errors_of_its_floor(exact_resu
         assert abs(exact.metrics[key] - mean) < 3 * std * math.sqrt(1 + 1 / 5), key
 
 
-def test_table_names_the_floor_and_ranks_within_each_budget(exact_result):
+def _table_names_the_floor_and_ranks_within_each_budget(exact_result):
     table = format_table(exact_result)
     assert "floor" in table and "perfect sampler" in table and "MMD^2" in table
     assert "bandwidth" in table  # the legend says which kernel
+
+
+def test_exact_bench(exact_result):
+    """One bench run per target, checked three ways (in one test: under pytest-xdist a module fixture runs again on
+    every worker that needs it)."""
+    _headline_separates_ddim_10_from_1000_steps_by_five_standard_errors(exact_result)
+    _exact_sampler_scores_within_two_standard_errors_of_its_floor(exact_result)
+    _table_names_the_floor_and_ranks_within_each_budget(exact_result)
 
 
 def test_budgets_are_spent_exactly():

@@ -95,7 +95,7 @@ def one_process_chunks(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_ranks_train_and_rank_0_alone_writes_the_checkpoint(two_ranks):
+def _two_ranks_train_and_rank_0_alone_writes_the_checkpoint(two_ranks):
     out, done = two_ranks
     config = read_checkpoint_config(out)
     assert config["step"] == STEPS and config["network"]["class"] == "MLPScoreNet"
@@ -109,7 +109,7 @@ def test_two_ranks_train_and_rank_0_alone_writes_the_checkpoint(two_ranks):
     assert done.stdout.count("with 2 processes from step 0 to 40") == 1  # rank 0 reports for the job
 
 
-def test_the_loss_falls_and_the_checkpoint_samples_in_one_process(two_ranks):
+def _the_loss_falls_and_the_checkpoint_samples_in_one_process(two_ranks):
     out, _ = two_ranks
     x, initial = _data_and_net()
     trained, _ = load_checkpoint(out)  # the EMA weights, in this single process
@@ -125,12 +125,12 @@ def test_the_loss_falls_and_the_checkpoint_samples_in_one_process(two_ranks):
     assert samples.shape == (500, 2) and torch.isfinite(samples).all()
 
 
-def test_two_ranks_take_the_steps_of_one_process_drawing_the_same_chunks(two_ranks, one_process_chunks):
+def _two_ranks_take_the_steps_of_one_process_drawing_the_same_chunks(two_ranks, one_process_chunks):
     """DDP's averaged gradient is the one-process gradient of the same global batch, step after step."""
     _assert_same_run(two_ranks[0], one_process_chunks)
 
 
-def test_a_two_rank_checkpoint_resumed_by_one_process_continues_the_same_run(two_ranks, tmp_path):
+def _a_two_rank_checkpoint_resumed_by_one_process_continues_the_same_run(two_ranks, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(two_ranks[0], resumed)
     assert main(["train", *COMMON, "--steps", "60", "--checkpoint-every", "20", "--resume", "--out", str(resumed)]) == 0
@@ -139,6 +139,15 @@ def test_a_two_rank_checkpoint_resumed_by_one_process_continues_the_same_run(two
     x, net = _data_and_net()
     train(net, x, None, _config(60), uninterrupted, progress=False, chunks=2)
     _assert_same_run(resumed, uninterrupted)
+
+
+def test_a_two_rank_run(two_ranks, one_process_chunks, tmp_path):
+    """One torchrun start, checked four ways (in one test: under pytest-xdist a module fixture runs again on every
+    worker that needs it, and each start costs about 10 s)."""
+    _two_ranks_train_and_rank_0_alone_writes_the_checkpoint(two_ranks)
+    _the_loss_falls_and_the_checkpoint_samples_in_one_process(two_ranks)
+    _two_ranks_take_the_steps_of_one_process_drawing_the_same_chunks(two_ranks, one_process_chunks)
+    _a_two_rank_checkpoint_resumed_by_one_process_continues_the_same_run(two_ranks, tmp_path)
 
 
 @pytest.mark.slow  # a second torchrun start: about 10-15 s on 2 cores
