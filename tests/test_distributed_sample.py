@@ -63,25 +63,66 @@ def test_torchrun_sample_writes_the_one_process_output(tmp_path):
     assert not (tmp_path / "two.npy.shards").exists()  # merged, then removed
 
 
-def test_a_failed_rank_leaves_no_output_and_the_rerun_resumes(tmp_path):
-    """A shard rank 1 cannot write (a folder squats its file name) fails that rank: torchrun ends the job, the error
-    names the rank, OUT.npy is not written and rank 0's shards stay; the rerun computes only the missing shard."""
-    args = ["-m", "scoregen", "sample", "--target", "ring2d", "--sampler", "ddim", "--steps", "10", "-n", "200",
-            "--seed", "1", "--batch-size", "100", "--out", "x.npy", "--no-progress"]
+def _rank_pid(agent: int, rank: int):
+    """The pid of the torchrun worker with RANK=rank among the children of the torchrun agent ``agent`` (Linux /proc)."""
+    try:
+        children = open(f"/proc/{agent}/task/{agent}/children").read().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
+def test_a_killed_or_failed_rank_leaves_no_output_and_the_rerun_resumes(tmp_path):
+    """Rank 1 killed (SIGKILL) mid-run: torchrun ends the job with an error, OUT.npy is not written and the shards
+    already written stay. A rerun whose rank 1 cannot write a shard (a folder squats its name) fails too, with an
+    error naming the rank. The third run computes only the missing shards and writes the one-process output."""
+    import signal
+    import time
+
+    common = ["sample", "--target", "ring2d", "--sampler", "ddpm", "--steps", "1000", "-n", "1200", "--seed", "1",
+              "--batch-size", "100", "--no-progress"]
+    args = ["-m", "scoregen", *common, "--out", "x.npy"]
     shards = tmp_path / "x.npy.shards"
-    shards.mkdir()
-    (shards / "shard-000000000100-000000000200.npy").mkdir()  # rank 1's chunk [100, 200)
-    run = torchrun(args, tmp_path)
-    assert run.returncode != 0
-    assert "scoregen sample (rank 1 of 2): error" in run.stderr
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, victim = time.monotonic() + 120, None
+        while time.monotonic() < deadline and job.poll() is None:
+            if shards.is_dir() and len(list(shards.glob("shard-*.npy"))) >= 2:
+                victim = _rank_pid(job.pid, 1)
+                if victim is not None:
+                    os.kill(victim, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+        out, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert victim is not None, "the run ended before a rank could be killed: make it longer"
+    assert job.returncode != 0 and "SIGKILL" in err, err[-3000:]
     assert not (tmp_path / "x.npy").exists()
-    assert (shards / "shard-000000000000-000000000100.npy").is_file()  # rank 0's part is kept
-    (shards / "shard-000000000100-000000000200.npy").rmdir()
+    kept = sorted(p.name for p in shards.glob("shard-*.npy"))
+    assert 2 <= len(kept) < 12
+    # a rank that fails with an error says which rank it is
+    squat = next(shards / f"shard-{a:012d}-{a + 100:012d}.npy" for a in range(100, 1200, 200)
+                 if not (shards / f"shard-{a:012d}-{a + 100:012d}.npy").exists())
+    squat.mkdir()
+    run = torchrun(args, tmp_path)
+    assert run.returncode != 0 and "scoregen sample (rank 1 of 2): error" in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / "x.npy").exists()
+    squat.rmdir()
     run = torchrun(args, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "1 of them already written by an earlier run" in run.stdout
-    assert main(["sample", "--target", "ring2d", "--sampler", "ddim", "--steps", "10", "-n", "200", "--seed", "1",
-                 "--out", str(tmp_path / "one.npy"), "--no-progress"]) == 0
+    assert "already written by an earlier run" in run.stdout
+    assert main([*common, "--out", str(tmp_path / "one.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "x.npy"), np.load(tmp_path / "one.npy"))
 
 
