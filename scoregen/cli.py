@@ -459,9 +459,29 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 _UNRECORDED = {"--out": 1, "--grid": 1, "--no-progress": 0, "--batch-size": 1, "--device": 1}
 
 
-def _run_record(args: argparse.Namespace, shape: tuple) -> dict:
-    """What a sharded sampling run computes (its command line without the output and speed flags), for its shards'
-    run.json: a rerun of the same command resumes them, another command is refused."""
+def _file_state(path: str) -> list:
+    """Size and modification time of a file, or of every file in a folder (two levels): enough to tell that a model,
+    target or config file changed between two runs of the same command."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    found = []
+    for root, dirs, files in os.walk(path):
+        if os.path.relpath(root, path).count(os.sep) >= 1:
+            dirs.clear()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            found.append([os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns])
+    return sorted(found)
+
+
+def _run_record(args: argparse.Namespace, shape: tuple, device) -> dict:
+    """What a sharded sampling run computes, for its shards' run.json: its command line without the output and speed
+    flags, the state of every file it names (a model edited in place must not be mixed with its old shards), the
+    device type (CPU and CUDA generators differ) and torch's version. A rerun of the same command resumes the shards,
+    anything else is refused."""
+    import torch
+
     argv, i = [], 0
     while i < len(args._argv):
         flag = args._argv[i].split("=", 1)[0]
@@ -470,7 +490,9 @@ def _run_record(args: argparse.Namespace, shape: tuple) -> dict:
             continue
         argv.append(args._argv[i])
         i += 1
-    return {"command": argv, "n": args.n, "seed": args.seed, "shape": list(shape), "dtype": "float32"}
+    files = {a: _file_state(a) for a in argv if not a.startswith("-") and os.path.exists(a)}
+    return {"command": argv, "files": files, "n": args.n, "seed": args.seed, "shape": list(shape), "dtype": "float32",
+            "device_type": torch.device(device).type, "torch": torch.__version__}
 
 
 def _sample_sharded(args, context, model, x0_hook, value_range, name: str, options: dict, shown: dict) -> int:
@@ -481,23 +503,28 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
 
     import torch
 
-    from .distributed import barrier
+    from .distributed import barrier, on_main
     from .io import save_image_grid
     from .io.shards import ShardSet, chunks
     from .models import X0Hook
-    from .samplers import _batches, sample
+    from .samplers import SAMPLERS, _batches, sample
 
     start = time.perf_counter()
     n, shape = args.n, tuple(model.shape)
     stack = model if x0_hook is None else X0Hook(model, x0_hook)
-    # chunks: the batch size, and at most n / 64 so that up to 64 ranks share the work; never the number of ranks,
-    # so that a rerun with another number of processes finds the same chunks
-    size = args.batch_size or min(_batches.batch_size_for(n, stack, torch.float32, context.device, None, None),
-                                  -(-n // 64))
+    # chunks: one process's batches (--batch-size, or the memory estimate's default), never the number of ranks, so
+    # that a rerun with another number of processes finds the same chunks, and each chunk is computed as the one-process
+    # run computes that batch (a network's kernels can round differently in batches of other sizes); a sampler that
+    # couples samples gets whole groups of them
+    size = args.batch_size or _batches.batch_size_for(n, stack, torch.float32, context.device, None, None)
+    group = getattr(SAMPLERS[args.sampler], "sample_group", None)
+    if group is not None and group(shape) > 1:
+        size = max(group(shape), size // group(shape) * group(shape))
     ranges = chunks(n, size)
-    shards = ShardSet(args.out, _run_record(args, shape))
-    done = shards.open() if context.is_main else 0
-    barrier(context)  # the folder and its run.json exist before any rank writes a shard
+    shards = ShardSet(args.out, _run_record(args, shape, context.device))
+    # the folder and its run.json exist before any rank writes a shard; a refusal there stops every rank
+    on_main(context, shards.open, f"open the shard folder {shards.dir}")
+    done = sum(1 for a, b in ranges if shards.has(a, b, shape, "float32")) if context.is_main else 0
     x_start = options.pop("x_start", None)
     mine, computed, nfe = ranges[context.rank::context.world_size], 0, 0
     for a, b in mine:
@@ -510,8 +537,8 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
         shards.write(a, b, res.samples.to(torch.float32).cpu().numpy())
         computed, nfe = computed + 1, res.nfe
     barrier(context)  # every shard written (a rank that failed has ended the job: nothing is merged)
+    merged = on_main(context, lambda: shards.merge(ranges, shape, "float32"), f"merge the shards into {args.out}")
     if context.is_main:
-        merged = shards.merge(ranges, shape, "float32")
         if args.grid:
             save_image_grid(torch.from_numpy(merged), args.grid, value_range)
         wall = time.perf_counter() - start
@@ -1117,6 +1144,11 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+#: What torch.distributed's collectives say when another rank of the job has gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "DistBackendError",
+              "NCCL communicator was aborted")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1142,6 +1174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except RuntimeError as e:  # the allocator's own failure, past every estimate: not a bug, a limit of this machine
         text = str(e)
+        if launched() and any(sign in text for sign in _PEER_GONE):  # another rank failed: its own error says why
+            print(f"{who}: error: stopped: another process of the job failed or was killed (torchrun's report names "
+                  f"it; {text.strip().splitlines()[-1][:200]})", file=sys.stderr)
+            return 2
         if not any(sign in text for sign in _OUT_OF_MEMORY):
             raise
         print(f"{who}: error: out of memory ({text.strip().splitlines()[-1][:300]}); use a smaller "

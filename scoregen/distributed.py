@@ -17,11 +17,15 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 import torch
 
-__all__ = ["Context", "launched", "setup", "teardown", "shard", "all_reduce_sum", "barrier", "default_device"]
+from .errors import ScoregenError
+
+T = TypeVar("T")
+
+__all__ = ["Context", "launched", "setup", "teardown", "shard", "all_reduce_sum", "barrier", "on_main", "default_device"]
 
 #: How long a collective waits for the other ranks before the job fails (a rank that died is reported by torchrun
 #: first; this bounds a rank that hangs).
@@ -126,3 +130,25 @@ def teardown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_main(context: Context, action: Callable[[], T], what: str) -> Optional[T]:
+    """Run ``action`` on rank 0 only, while the other ranks wait; then every rank learns whether it succeeded, so
+    that a failure on rank 0 (a folder in use, a full disk) stops every rank with a message instead of leaving
+    them waiting. Rank 0 re-raises its own error; the others raise :class:`~scoregen.errors.ScoregenError`.
+    Returns ``action()``'s value on rank 0, None elsewhere (and ``action()`` itself without torchrun)."""
+    if not context.distributed:
+        return action()
+    failure: Optional[BaseException] = None
+    result = None
+    if context.is_main:
+        try:
+            result = action()
+        except BaseException as e:  # noqa: B902 - told to every rank first, then re-raised
+            failure = e
+    failed = all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64), context)
+    if failure is not None:
+        raise failure
+    if failed.item():
+        raise ScoregenError(f"rank 0 failed to {what} (its error says why); rank {context.rank} stops too")
+    return result

@@ -53,11 +53,14 @@ def test_every_sampler_on_two_ranks_equals_one_process(tmp_path):
 
 
 def test_torchrun_sample_writes_the_one_process_output(tmp_path):
-    """pc: the sampler that couples samples (its corrector's group norms), on 64-d data, in shards of 64 samples."""
-    common = ["sample", "--target", "gmm64", "--sampler", "pc", "--steps", "5", "-n", "300", "--seed", "4", "--no-progress"]
-    run = torchrun(["-m", "scoregen", *common, "--out", "two.npy", "--batch-size", "64"], tmp_path)
+    """A network (the digits U-Net) and pc, the sampler that couples samples (its corrector's group norms): the shards
+    are the one-process run's batches, so the merged output is its output bit for bit."""
+    common = ["sample", "--checkpoint", "digits-ddpm", "--sampler", "pc", "--steps", "4", "-n", "300", "--seed", "4",
+              "--batch-size", "64", "--no-progress"]
+    run = torchrun(["-m", "scoregen", *common, "--out", "two.npy"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 processes (gloo, cpu)" in run.stdout and run.stdout.count("wrote 300 x 64") == 1  # rank 0 speaks
+    assert "2 processes (gloo, cpu): 5 shards of 64 samples" in run.stdout
+    assert run.stdout.count("wrote 300 x 1 x 8 x 8") == 1  # rank 0 alone speaks
     assert main([*common, "--out", str(tmp_path / "one.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"))
     assert not (tmp_path / "two.npy.shards").exists()  # merged, then removed

@@ -46,14 +46,32 @@ def test_every_sampler_gives_the_same_samples_however_the_indices_are_split(samp
             assert torch.equal(batched, whole), f"{sampler}, batch_size {batch_size}"
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "pc", "langevin"])
 def test_an_offset_run_is_the_same_rows_of_the_whole_run(sampler):
-    """Rows [a, b) of a run equal a run of b - a samples at index_offset a, across a block boundary too; other
-    seeds and other offsets give other samples."""
-    whole = _run(sampler, 100, 0)
-    torch.testing.assert_close(_run(sampler, 40, 30), whole[30:70], rtol=0, atol=0)
-    shifted = _run(sampler, 99, 1)
-    assert not torch.allclose(shifted, whole[:99]) and torch.equal(shifted, whole[1:])
+    """Rows [a, b) of a run equal a run of b - a samples at index_offset a, across the stream block boundary (1024
+    for 2-d samples) too; another offset gives other samples."""
+    assert block_size((2,)) == 1024
+    whole = _run(sampler, 1100, 0)
+    for a, b in ((30, 70), (1000, 1100), (1023, 1025), (1, 1100)):
+        assert torch.equal(_run(sampler, b - a, a), whole[a:b]), (sampler, a, b)
+    assert not torch.allclose(_run(sampler, 99, 1), whole[:99])
+
+
+def test_pc_with_per_sample_labels_splits_at_its_groups():
+    """pc couples the samples of a group (64 indices for 2-d data): with per-sample labels a split at multiples of 64
+    gives the whole run's samples, whatever the batch size, and a split elsewhere is refused, not silently different."""
+    from scoregen.samplers.sde import pc_group
+
+    G = pc_group((2,))
+    y = torch.arange(200) % 8
+    kw = dict(seed=3, y=y, steps=4, progress=False, dtype=torch.float64)
+    whole = sg.sample(COND, "pc", 200, **kw).samples
+    parts = [sg.sample(COND, "pc", b - a, **dict(kw, y=y[a:b]), index_offset=a).samples
+             for a, b in ((0, G), (G, 3 * G), (3 * G, 200))]
+    assert torch.equal(torch.cat(parts), whole)
+    assert torch.equal(sg.sample(COND, "pc", 200, batch_size=70, **kw).samples, whole)
+    with pytest.raises(ValueError, match=f"groups of {G} indices.*multiple of {G}"):
+        sg.sample(COND, "pc", 50, **dict(kw, y=y[50:100]), index_offset=50)
 
 
 def test_labels_and_guidance_follow_their_indices():

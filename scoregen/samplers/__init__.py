@@ -200,15 +200,26 @@ def sample(
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
     elif index_offset:
         raise ValueError("index_offset places samples in a seeded run's per-sample streams: pass seed, not generator")
+    # A sampler that couples samples (pc's step size from its group's mean norms) runs on whole groups of `group`
+    # indices, its batches cut at multiples of the batch size in the run's index space, so a sample's group is the
+    # same in any split; the extra rows at the run's ends are computed and dropped.
     group = fn.sample_group(tuple(model.shape)) if seed is not None and hasattr(fn, "sample_group") else None
     group = group if group and group > 1 else None
+    if group:
+        per_sample = [what for what, v in (("labels y", y), ("x_start", x_start))
+                      if isinstance(v, Tensor) and v.ndim > (0 if what == "labels y" else len(model.shape)) and v.shape[0] > 1]
+        if per_sample and index_offset % group:
+            raise ValueError(f"sampler {name!r} couples samples in groups of {group} indices, so with per-sample "
+                             f"{' and '.join(per_sample)} a run must start at a multiple of {group} (index_offset "
+                             f"{index_offset}): split the indices at multiples of {group}")
+        batch = max(group, batch // group * group)
+        edges = [index_offset, *range((index_offset // batch + 1) * batch, index_offset + n, batch), index_offset + n]
+    else:
+        edges = [*range(index_offset, index_offset + n, batch), index_offset + n]
     out, nfe, wall = None, 0, 0.0
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        first = index_offset + start
-        # A sampler that couples samples (pc's step size from its group's mean norms) runs on whole groups of `group`
-        # indices, so a sample's group is the same in any split; the extra rows are computed and dropped.
-        lo, hi = (first // group * group, -(-(first + b) // group) * group) if group else (first, first + b)
+    for first, last in zip(edges[:-1], edges[1:]):
+        start, b = first - index_offset, last - first
+        lo, hi = (first // group * group, -(-last // group) * group) if group else (first, last)
         rows = slice(first - lo, first - lo + b)
         if seed is not None:  # this batch's samples' own streams: the first draw is their initial noise
             noise = SampleStreams(seed, lo, hi, model.shape, device=device, dtype=dtype)

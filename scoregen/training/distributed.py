@@ -36,18 +36,15 @@ the checkpoint (``chunks`` absent), so a resume is bit for bit an uninterrupted 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..distributed import Context, all_reduce_sum
-from ..errors import ScoregenError
+from ..distributed import Context, all_reduce_sum, on_main
 
-__all__ = ["chunk_seeds", "rank_chunks", "resolve_chunks", "Replica", "on_main", "check_global_batch"]
-
-T = TypeVar("T")
+__all__ = ["chunk_seeds", "rank_chunks", "resolve_chunks", "Replica", "check_global_batch"]
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
@@ -124,28 +121,6 @@ class Replica:
         if name.startswith("__") or name in ("_ddp", "_net"):  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self._net, name)
-
-
-def on_main(context: Context, action: Callable[[], T], what: str) -> Optional[T]:
-    """Run ``action`` on rank 0 only, while the other ranks wait; then every rank learns whether it succeeded, so
-    that a failure on rank 0 (a folder in use, a full disk) stops every rank with a message instead of leaving
-    them waiting. Rank 0 re-raises its own error; the others raise :class:`~scoregen.errors.ScoregenError`.
-    Returns ``action()``'s value on rank 0, None elsewhere (and ``action()`` itself without torchrun)."""
-    if not context.distributed:
-        return action()
-    failure: Optional[BaseException] = None
-    result = None
-    if context.is_main:
-        try:
-            result = action()
-        except BaseException as e:  # noqa: B902 - told to every rank first, then re-raised
-            failure = e
-    failed = all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64), context)
-    if failure is not None:
-        raise failure
-    if failed.item():
-        raise ScoregenError(f"rank 0 failed to {what} (its error says why); rank {context.rank} stops too")
-    return result
 
 
 @contextlib.contextmanager

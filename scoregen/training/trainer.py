@@ -19,12 +19,12 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_real, short
 from .._progress import progress as progress_bar
-from ..distributed import Context, all_reduce_sum, launched
+from ..distributed import Context, all_reduce_sum, launched, on_main
 from ..distributed import setup as setup_distributed
 from ..io import checkpoint_lock, load_trainer_state, read_checkpoint_config, save_checkpoint
 from ..io.checkpoints import CONFIG_NAME, load_weights
 from ..memory import activation_bytes, available_memory, format_bytes
-from .distributed import Replica, check_global_batch, chunk_seeds, lock_on_main, on_main, rank_chunks, resolve_chunks
+from .distributed import Replica, check_global_batch, chunk_seeds, lock_on_main, rank_chunks, resolve_chunks
 from .objectives import (check_hybrid_network, classifier_loss, ddpm_loss, drop_labels, hybrid_loss, judge_loss,
                          ncsn_loss)
 
