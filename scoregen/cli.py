@@ -519,7 +519,7 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
     size = args.batch_size or _batches.batch_size_for(n, stack, torch.float32, context.device, None, None)
     group = getattr(SAMPLERS[args.sampler], "sample_group", None)
     if group is not None and group(shape) > 1:
-        size = max(group(shape), size // group(shape) * group(shape))
+        size = -(-size // group(shape)) * group(shape)  # as sample() rounds its batches
     ranges = chunks(n, size)
     shards = ShardSet(args.out, _run_record(args, shape, context.device))
     # the folder and its run.json exist before any rank writes a shard; a refusal there stops every rank

@@ -84,9 +84,9 @@ def _rank_pid(agent: int, rank: int):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
 def test_a_killed_or_failed_rank_leaves_no_output_and_the_rerun_resumes(tmp_path):
-    """Rank 1 killed (SIGKILL) mid-run: torchrun ends the job with an error, OUT.npy is not written and the shards
-    already written stay. A rerun whose rank 1 cannot write a shard (a folder squats its name) fails too, with an
-    error naming the rank. The third run computes only the missing shards and writes the one-process output."""
+    """Rank 1 killed (SIGKILL) mid-run: torchrun ends the job with an error naming the rank, OUT.npy is not written
+    and the shards already written stay; the rerun computes only the missing shards and writes the one-process
+    output."""
     import signal
     import time
 
@@ -110,18 +110,10 @@ def test_a_killed_or_failed_rank_leaves_no_output_and_the_rerun_resumes(tmp_path
     finally:
         job.kill()
     assert victim is not None, "the run ended before a rank could be killed: make it longer"
-    assert job.returncode != 0 and "SIGKILL" in err, err[-3000:]
+    assert job.returncode != 0 and "SIGKILL" in err and "rank      : 1" in err, err[-3000:]  # torchrun names it
     assert not (tmp_path / "x.npy").exists()
     kept = sorted(p.name for p in shards.glob("shard-*.npy"))
     assert 2 <= len(kept) < 12
-    # a rank that fails with an error says which rank it is
-    squat = next(shards / f"shard-{a:012d}-{a + 100:012d}.npy" for a in range(100, 1200, 200)
-                 if not (shards / f"shard-{a:012d}-{a + 100:012d}.npy").exists())
-    squat.mkdir()
-    run = torchrun(args, tmp_path)
-    assert run.returncode != 0 and "scoregen sample (rank 1 of 2): error" in run.stderr, run.stderr[-3000:]
-    assert not (tmp_path / "x.npy").exists()
-    squat.rmdir()
     run = torchrun(args, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "already written by an earlier run" in run.stdout

@@ -212,7 +212,7 @@ def sample(
             raise ValueError(f"sampler {name!r} couples samples in groups of {group} indices, so with per-sample "
                              f"{' and '.join(per_sample)} a run must start at a multiple of {group} (index_offset "
                              f"{index_offset}): split the indices at multiples of {group}")
-        batch = max(group, batch // group * group)
+        batch = -(-batch // group) * group  # whole groups (a few rows above the estimate at most)
         edges = [index_offset, *range((index_offset // batch + 1) * batch, index_offset + n, batch), index_offset + n]
     else:
         edges = [*range(index_offset, index_offset + n, batch), index_offset + n]
