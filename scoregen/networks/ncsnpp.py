@@ -208,6 +208,15 @@ class AttnBlock(nn.Module):
         return out / math.sqrt(2.0) if self.skip_rescale else out
 
 
+def _residual_tail(block: nn.Module, shortcut: Tensor, h: Tensor, temb: Optional[Tensor]) -> Tensor:
+    """The second half both residual blocks share: + Dense(act(temb)), GN, act, dropout, conv, then the shortcut
+    added (and divided by sqrt 2 with ``skip_rescale``)."""
+    if temb is not None:
+        h = h + block.Dense_0(block.act(temb))[:, :, None, None]
+    h = block.Conv_1(block.Dropout_0(block.act(block.GroupNorm_1(h))))
+    return (shortcut + h) / math.sqrt(2.0) if block.skip_rescale else shortcut + h
+
+
 class ResnetBlockDDPM(nn.Module):
     """DDPM's residual block: GN, act, conv, + Dense(act(temb)), GN, act, dropout, conv, with a NIN shortcut when
     the channels change. ``ddpm_groups``/no rescale for the DDPM model, NCSN++'s groups and ``skip_rescale`` for
@@ -229,12 +238,7 @@ class ResnetBlockDDPM(nn.Module):
 
     def forward(self, x: Tensor, temb: Optional[Tensor] = None) -> Tensor:
         h = self.Conv_0(self.act(self.GroupNorm_0(x)))
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
-        if hasattr(self, "NIN_0"):
-            x = self.NIN_0(x)
-        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+        return _residual_tail(self, x if not hasattr(self, "NIN_0") else self.NIN_0(x), h, temb)
 
 
 class ResnetBlockBigGAN(nn.Module):
@@ -264,15 +268,9 @@ class ResnetBlockBigGAN(nn.Module):
         return x
 
     def forward(self, x: Tensor, temb: Optional[Tensor] = None) -> Tensor:
-        h = self._resample(self.act(self.GroupNorm_0(x)))
+        h = self.Conv_0(self._resample(self.act(self.GroupNorm_0(x))))
         x = self._resample(x)
-        h = self.Conv_0(h)
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
-        if hasattr(self, "Conv_2"):
-            x = self.Conv_2(x)
-        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+        return _residual_tail(self, x if not hasattr(self, "Conv_2") else self.Conv_2(x), h, temb)
 
 
 class Resample(nn.Module):
