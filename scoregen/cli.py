@@ -526,8 +526,8 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
     on_main(context, shards.open, f"open the shard folder {shards.dir}")
     done = sum(1 for a, b in ranges if shards.has(a, b, shape, "float32")) if context.is_main else 0
     x_start = options.pop("x_start", None)
-    mine, computed, nfe = ranges[context.rank::context.world_size], 0, 0
-    for a, b in mine:
+    nfe = 0
+    for a, b in ranges[context.rank::context.world_size]:
         if shards.has(a, b, shape, "float32"):
             continue
         part = dict(options, x_start=x_start[a:b]) if x_start is not None else options
@@ -535,7 +535,7 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
                      batch_size=size, progress=False if args.no_progress or not context.is_main else None,
                      device=context.device, **part)
         shards.write(a, b, res.samples.to(torch.float32).cpu().numpy())
-        computed, nfe = computed + 1, res.nfe
+        nfe = res.nfe
     barrier(context)  # every shard written (a rank that failed has ended the job: nothing is merged)
     merged = on_main(context, lambda: shards.merge(ranges, shape, "float32"), f"merge the shards into {args.out}")
     if context.is_main:

@@ -150,8 +150,12 @@ def sample(
         options: the sampler's own options, e.g. ``steps``, ``spacing``, ``variance``, ``eta``, ``levels``.
 
     With a seed, sample i depends on (seed, i) alone: n = 100 once, 2 x 50 (``index_offset=50`` for the second) or
-    any batch size give the same samples, bit for bit on the same device type and dtype, for every sampler. The
-    default batch size depends on the model, n, the shape and the dtype only, never on the machine's free memory.
+    any batch size give the same noise, and the same samples bit for bit on the same device type and dtype where the
+    model's arithmetic does not depend on the batch (exact targets; a network needs the same batches: split at
+    multiples of ``batch_size``). Two samplers couple samples: ``pc`` runs whole groups of indices (with per-sample
+    ``y`` or ``x_start``, split at multiples of its group), and the adaptive ``ode`` shares its steps across a batch,
+    so its samples agree within its tolerance. The default batch size depends on the model, n, the shape and the
+    dtype only, never on the machine's free memory.
 
     Memory is estimated before anything is allocated (:mod:`scoregen.samplers._batches`): a sample in flight holds
     about 6 copies of its state, what the model declares (:meth:`~scoregen.ScoreModel.eval_bytes_per_sample`) and
