@@ -98,10 +98,14 @@ def setup(device: Union[str, torch.device, None] = None) -> Context:
     return Context(rank, world, local, dev, backend if world > 1 else None)
 
 
-def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The indices ``[start, stop)`` of ``n`` that rank ``rank`` of ``world_size`` takes: contiguous, sizes differing
-    by at most one, in rank order (so concatenating the ranks' shards gives 0..n-1)."""
-    return n * rank // world_size, n * (rank + 1) // world_size
+def shard(n: int, rank: int, world_size: int, align: int = 1) -> tuple[int, int]:
+    """The indices ``[start, stop)`` of ``n`` that rank ``rank`` of ``world_size`` takes: contiguous, in rank order (so
+    concatenating the ranks' shards gives 0..n-1), sizes as equal as cuts at multiples of ``align`` allow (a sampler
+    that couples groups of samples, :func:`scoregen.samplers.sde.pc_group`, needs its groups whole on one rank)."""
+    def cut(r: int) -> int:
+        return n if r >= world_size else (n * r // world_size) // align * align
+
+    return cut(rank), cut(rank + 1)
 
 
 def all_reduce_sum(values: torch.Tensor, context: Context) -> torch.Tensor:

@@ -133,7 +133,7 @@ def test_nll_on_two_processes_reports_the_one_process_numbers(tmp_path, capsys):
 
 
 def test_bench_on_two_processes_scores_the_one_process_samples(tmp_path, capsys):
-    argv = ["bench", "--target", "ring2d", "--samplers", "ddim,ddpm", "--budgets", "5", "-n", "301", "--no-peers",
+    argv = ["bench", "--target", "ring2d", "--samplers", "ddim,ddpm,pc", "--budgets", "6", "-n", "301", "--no-peers",
             "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
     run = _torchrun([*argv, "--out", "two"], tmp_path)
@@ -141,7 +141,7 @@ def test_bench_on_two_processes_scores_the_one_process_samples(tmp_path, capsys)
     one, two = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in ("one", "two"))
     assert two.pop("ranks") == 2
     assert one["floors"] == two["floors"]
-    assert len(one["rows"]) == len(two["rows"]) == 3
+    assert len(one["rows"]) == len(two["rows"]) == 4
     for r1, r2 in zip(one["rows"], two["rows"]):
         assert (r1["source"], r1["sampler"], r1["budget"], r1["nfe"], r1["failed"]) == \
             (r2["source"], r2["sampler"], r2["budget"], r2["nfe"], r2["failed"])

@@ -217,7 +217,8 @@ def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n:
     if source == "scoregen":
         options = budget_options(name, budget, model)
         row = BenchRow("scoregen", name, _options_text(options), budget, 0, 0.0, {}, scale)
-        start, stop = shard(n, ctx.rank, ctx.world_size)
+        group = getattr(SAMPLERS[name], "sample_group", None)  # pc's groups stay whole on one rank
+        start, stop = shard(n, ctx.rank, ctx.world_size, group(tuple(model.shape)) if group else 1)
         part = None if labels is None else labels[start:stop]
         run = lambda: sample(model, name, stop - start, seed=seed, y=part, x0_hook=subject.x0_hook, progress=False,  # noqa: E731
                              device=device, index_offset=start, **options)

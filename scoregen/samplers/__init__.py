@@ -210,8 +210,9 @@ def sample(
     group = fn.sample_group(tuple(model.shape)) if seed is not None and hasattr(fn, "sample_group") else None
     group = group if group and group > 1 else None
     if group:
-        per_sample = [what for what, v in (("labels y", y), ("x_start", x_start))
-                      if isinstance(v, Tensor) and v.ndim > (0 if what == "labels y" else len(model.shape)) and v.shape[0] > 1]
+        per_sample = [what for what, v in (("labels y", y), ("x_start", x_start))  # that differ between samples
+                      if isinstance(v, Tensor) and v.ndim > (0 if what == "labels y" else len(model.shape))
+                      and v.shape[0] > 1 and not bool((v == v[:1]).all())]
         if per_sample and index_offset % group:
             raise ValueError(f"sampler {name!r} couples samples in groups of {group} indices, so with per-sample "
                              f"{' and '.join(per_sample)} a run must start at a multiple of {group} (index_offset "
