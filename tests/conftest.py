@@ -1,7 +1,8 @@
 """Settings every test module shares: CPU threads under pytest-xdist, and a private grid/estimate cache per test.
 
-The default run is parallel (``-n auto --dist loadgroup`` in pyproject.toml's addopts: one pytest-xdist worker
-process per core). Each worker then gets its share of the cores, max(1, cores // workers) torch intra-op threads
+The default run is parallel (``-n auto --dist worksteal`` in pyproject.toml's addopts: one pytest-xdist worker
+process per core). A module fixture runs once on each worker that needs it: a costly one (a training run, a torchrun
+start) serves one test that checks everything it produces. Each worker then gets its share of the cores, max(1, cores // workers) torch intra-op threads
 (1 on the 2-core development machine), and so do the Python subprocesses that tests start (OMP_NUM_THREADS and
 MKL_NUM_THREADS are set in the worker's environment, which they inherit), so that the workers do not
 oversubscribe the cores. A thread count set in the environment beforehand is kept. A serial run (``-n 0``) keeps

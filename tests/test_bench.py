@@ -9,11 +9,6 @@ import torch
 import scoregen as sg
 from scoregen.bench import budget_options, format_table, guidance_sweep, rank, resolve_subject, run_bench
 
-# with --dist loadgroup one pytest-xdist worker runs this module, so exact_result's benchmarks (about 8 s) run once
-# (pytest-xdist 3.8 on pytest 9.2 ignores the mark, pytest-xdist issue #1386: then they run on each worker)
-pytestmark = pytest.mark.xdist_group("bench")
-
-
 @pytest.fixture(scope="module", params=["ring2d", "gmm64"])
 def exact_result(request):
     # the default n of exact targets; DDIM at 10 and 1000 steps, the two ends the issue asks to tell apart

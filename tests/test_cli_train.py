@@ -8,11 +8,6 @@ from scoregen.io import read_checkpoint_config
 
 TWO = '{"weights": [0.3, 0.7], "means": [[-2.0, 0.0], [2.0, 0.0]], "stds": [0.3, 0.3], "labels": [0, 1]}'
 
-# with --dist loadgroup one pytest-xdist worker runs this module, so `trained` trains its checkpoints (about 5 s) once
-# (pytest-xdist 3.8 on pytest 9.2 ignores the mark, pytest-xdist issue #1386: then they train on each worker)
-pytestmark = pytest.mark.xdist_group("cli_train")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")

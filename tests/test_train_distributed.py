@@ -27,7 +27,6 @@ dist = torch.distributed
 pytestmark = [
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                        reason="torch.distributed with the gloo backend is not available"),
-    pytest.mark.xdist_group("train_distributed"),  # one worker: the 2-rank checkpoint is trained once
 ]
 
 REPO = Path(__file__).resolve().parents[1]
