@@ -18,6 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
 from diffusers import DDPMPipeline, UNet2DModel  # noqa: E402
 
 import scoregen as sg  # noqa: E402
+from test_interop_diffusers import _unet  # noqa: E402  the same tiny UNet2DModel (1 x 8 x 8) with random weights
 from scoregen.interop.diffusers import (  # noqa: E402
     EDM_SCHEDULERS,
     REFUSED_SCHEDULERS,
@@ -52,16 +53,6 @@ EDM_CONFIGS = {
     "CosineDPMSolverMultistepScheduler": dict(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0),
     "CMStochasticIterativeScheduler": dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5),
 }
-
-
-def _unet(seed=0, **kw):
-    """A tiny UNet2DModel (1 x 8 x 8, positional time embedding) with random weights."""
-    torch.manual_seed(seed)
-    cfg = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-               norm_num_groups=4, attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-               up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-    cfg.update(kw)
-    return UNet2DModel(**cfg).eval()
 
 
 def _scheduler(name):
