@@ -8,7 +8,8 @@ from .metrics import (class_report, component_frechet, frechet_distance, mmd_to_
                       sliced_w2_noise_floor, sliced_w2_to_mixture)
 from .models import NetworkScoreModel, ScoreModel, X0Hook, clip_x0, dynamic_threshold
 from .pretrained import pretrained_names
-from .samplers import SAMPLERS, SPACINGS, SampleResult, StepGrid, load_grid, sample, save_grid, step_grid, tune_grid
+from .samplers import (SAMPLERS, SPACINGS, SampleResult, StepGrid, batch_ranges, load_grid, sample, save_grid, step_grid,
+                       tune_grid)
 from .schedules import ContinuousSubVP, ContinuousVE, ContinuousVP, DiscreteVE, DiscreteVP
 from .targets import GaussianMixture, load_target
 from .variance import VARIANCES, analytic_variance
@@ -33,6 +34,7 @@ __all__ = [
     "GaussianMixture",
     "load_target",
     "sample",
+    "batch_ranges",
     "SampleResult",
     "SAMPLERS",
     "SPACINGS",

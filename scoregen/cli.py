@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "on digits)")
     b.add_argument("-n", type=_positive_int, help="samples per run (default: 10000 on exact targets, 500 on digits)")
     b.add_argument("--seed", type=_seed, default=0, help="seed of every sampler's noise and of the reference draws")
+    b.add_argument("--batch-size", type=_positive_int,
+                   help="samples per batch of each scoregen run (default: as many as fit in 2 GiB; under torchrun, n / "
+                        "the number of processes). The same --batch-size gives the same samples and scores on any "
+                        "number of processes, networks included")
     peers = b.add_mutually_exclusive_group()
     peers.add_argument("--peers", nargs="?", const="all", metavar="NAMES",
                        help="also run diffusers' schedulers and k-diffusion's samplers on the same model at the same "
@@ -312,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", help="also save the quality-against-NFE plot to this PNG (default: none)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     b.add_argument("--device", help="where to sample: cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK where CUDA is "
-                                    "available, one GPU per torchrun process, else cpu); under torchrun each process "
-                                    "samples its share of every run and rank 0 scores them together")
+                                    "available, one GPU per torchrun process, else cpu); under torchrun the processes "
+                                    "share the batches of every run and rank 0 scores them together")
     tg = sub.add_parser("tune-grid", formatter_class=HELP_FORMATTER,
                         help="fit a step grid to one model, sampler and number of steps, and write it to JSON",
                         description="Search the step grid (the noise levels a deterministic sampler visits) that brings "
@@ -503,24 +507,19 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
 
     import torch
 
-    from .distributed import barrier, on_main
+    from .distributed import all_reduce_max, barrier, on_main
     from .io import save_image_grid
-    from .io.shards import ShardSet, chunks
-    from .models import X0Hook
-    from .samplers import SAMPLERS, _batches, sample
+    from .io.shards import ShardSet
+    from .samplers import batch_ranges, sample
 
     start = time.perf_counter()
     n, shape = args.n, tuple(model.shape)
-    stack = model if x0_hook is None else X0Hook(model, x0_hook)
     # chunks: one process's batches (--batch-size, or the memory estimate's default), never the number of ranks, so
     # that a rerun with another number of processes finds the same chunks, and each chunk is computed as the one-process
-    # run computes that batch (a network's kernels can round differently in batches of other sizes); a sampler that
-    # couples samples gets whole groups of them
-    size = args.batch_size or _batches.batch_size_for(n, stack, torch.float32, context.device, None, None)
-    group = getattr(SAMPLERS[args.sampler], "sample_group", None)
-    if group is not None and group(shape) > 1:
-        size = -(-size // group(shape)) * group(shape)  # as sample() rounds its batches
-    ranges = chunks(n, size)
+    # run computes that batch (a network's kernels can round differently in batches of other sizes)
+    ranges = batch_ranges(model, args.sampler, n, y=args.label, x0_hook=x0_hook, device=context.device,
+                          batch_size=args.batch_size)
+    size = ranges[0][1] - ranges[0][0]
     shards = ShardSet(args.out, _run_record(args, shape, context.device))
     # the folder and its run.json exist before any rank writes a shard; a refusal there stops every rank
     on_main(context, shards.open, f"open the shard folder {shards.dir}")
@@ -535,7 +534,8 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
                      batch_size=size, progress=False if args.no_progress or not context.is_main else None,
                      device=context.device, **part)
         shards.write(a, b, res.samples.to(torch.float32).cpu().numpy())
-        nfe = res.nfe
+        nfe = max(nfe, res.nfe)
+    nfe = int(all_reduce_max(torch.tensor([nfe], dtype=torch.float64), context).item())  # ode's varies per batch
     barrier(context)  # every shard written (a rank that failed has ended the job: nothing is merged)
     merged = on_main(context, lambda: shards.merge(ranges, shape, "float32"), f"merge the shards into {args.out}")
     if context.is_main:
@@ -1097,7 +1097,7 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         with_peers = peers and not (default_run and subject.kind != "exact")
         result = run_bench(subject, samplers, budgets, n=args.n, seed=args.seed, peers=with_peers, peer_names=peer_names,
                            label=args.label, guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
-                           progress=progress, device=context.device, context=context)
+                           progress=progress, device=context.device, context=context, batch_size=args.batch_size)
         if peers and not with_peers:
             result.skipped_peers.append(f"on {subject.name} only when asked, as they take minutes here: scoregen bench "
                                         f"--model {subject.info.get('checkpoint', subject.name)} --peers")
@@ -1108,7 +1108,7 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         if sweep_scales and subject.guided is not None:
             sweep = guidance_sweep(subject, sweep_scales, args.sweep_sampler, args.sweep_budget, n=args.n,
                                    seed=args.seed, label=args.label, progress=progress, device=context.device,
-                                   context=context)
+                                   context=context, batch_size=args.batch_size)
             if is_main:
                 print(format_table(sweep), end="\n\n", flush=True)
             sweeps.append(sweep)

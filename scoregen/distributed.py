@@ -25,7 +25,8 @@ from .errors import ScoregenError
 
 T = TypeVar("T")
 
-__all__ = ["Context", "launched", "setup", "teardown", "shard", "all_reduce_sum", "barrier", "on_main", "default_device"]
+__all__ = ["Context", "launched", "setup", "teardown", "shard", "all_reduce_sum", "all_reduce_max", "barrier", "on_main",
+           "default_device"]
 
 #: How long a collective waits for the other ranks before the job fails (a rank that died is reported by torchrun
 #: first; this bounds a rank that hangs).
@@ -98,12 +99,11 @@ def setup(device: Union[str, torch.device, None] = None) -> Context:
     return Context(rank, world, local, dev, backend if world > 1 else None)
 
 
-def shard(n: int, rank: int, world_size: int, align: int = 1) -> tuple[int, int]:
+def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """The indices ``[start, stop)`` of ``n`` that rank ``rank`` of ``world_size`` takes: contiguous, in rank order (so
-    concatenating the ranks' shards gives 0..n-1), sizes as equal as cuts at multiples of ``align`` allow (a sampler
-    that couples groups of samples, :func:`scoregen.samplers.sde.pc_group`, needs its groups whole on one rank)."""
+    concatenating the ranks' shards gives 0..n-1), sizes as equal as they can be."""
     def cut(r: int) -> int:
-        return n if r >= world_size else (n * r // world_size) // align * align
+        return n if r >= world_size else n * r // world_size
 
     return cut(rank), cut(rank + 1)
 
@@ -111,12 +111,21 @@ def shard(n: int, rank: int, world_size: int, align: int = 1) -> tuple[int, int]
 def all_reduce_sum(values: torch.Tensor, context: Context) -> torch.Tensor:
     """``values`` summed over the ranks (a copy; float64 sums on CPU tensors go through gloo, on CUDA through nccl).
     Without torchrun, ``values`` itself."""
+    return _all_reduce(values, context, "SUM")
+
+
+def all_reduce_max(values: torch.Tensor, context: Context) -> torch.Tensor:
+    """``values``' elementwise maximum over the ranks (a copy); without torchrun, ``values`` itself."""
+    return _all_reduce(values, context, "MAX")
+
+
+def _all_reduce(values: torch.Tensor, context: Context, op: str) -> torch.Tensor:
     if not context.distributed:
         return values
     import torch.distributed as dist
 
     out = values.detach().clone().to(context.device if context.backend == "nccl" else "cpu")
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
     return out.to(values.device)
 
 

@@ -1,8 +1,8 @@
 """`scoregen nll` and `scoregen bench` under torchrun: the statistics of K processes equal one process's.
 
-* the likelihoods with ``index_offset``: ``vlb(x[a:b], index_offset=a)`` is rows [a, b) of ``vlb(x)`` bit for bit
-  (the per-sample noise draws depend on the sample's index in the whole data); ``ode_nll`` within its solver's
-  tolerance (the batch shares the adaptive steps: measured 4e-7 relative here, asserted 1e-5);
+* the likelihoods with ``index_offset``: ``vlb(x[a:b], index_offset=a)`` and ``ode_nll(x[a:b], index_offset=a)`` are
+  rows [a, b) of the whole run bit for bit, whatever the batch size (the per-sample noise draws and probes depend on
+  the sample's index in the whole data; the adaptive solver steps each sample on its own);
 * :func:`~scoregen.likelihood.concat_results` of the pieces is the whole run's result;
 * end to end, two processes (``python -m torch.distributed.run --standalone --nproc_per_node 2``, gloo on the CPU)
   against one: ``scoregen nll`` JSON numbers (mean, standard error, terms, NFE) equal to 1e-12 relative (they are
@@ -24,26 +24,15 @@ import torch
 
 from scoregen.cli import main
 from scoregen.likelihood import concat_results, ode_nll, vlb
-from scoregen.models import NetworkScoreModel
-from scoregen.schedules import ContinuousVP
 from scoregen.targets import load_target
 
 #: nll's summary statistics, two processes against one (float64 on the CPU; they come out identical).
 NLL_RTOL = 1e-12
-#: ode_nll per sample on a slice with index_offset against the whole run's rows (solver rtol = atol = 1e-5).
-ODE_RTOL = 1e-5
 
 
 def _ring(n: int = 200) -> tuple:
     target = load_target("ring2d")
     return target, target.sample(n, generator=torch.Generator().manual_seed(0)).double()
-
-
-def _mlp_model() -> NetworkScoreModel:
-    """A small smooth network (fixed weights) on a continuous VP schedule: a field the ODE's autograd can take."""
-    torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
-    return NetworkScoreModel(lambda x, t: 0.3 * mlp(torch.cat([x, t[:, None].to(x.dtype)], 1)), ContinuousVP(), shape=(2,))
 
 
 # ------------------------------------------------------------------------------------------ index_offset
@@ -62,20 +51,19 @@ def test_vlb_on_a_slice_with_its_index_offset_is_the_rows_of_the_whole_run(bins)
     assert not torch.equal(vlb(target, x[70:143], **kw).nats, whole.nats[70:143])  # without it: other draws
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(divergence="hutchinson", probes=2), dict(bins=17, data_range=(-4.0, 4.0))],
+@pytest.mark.parametrize("kw", [dict(), dict(divergence="hutchinson", probes=2), dict(bins=17, data_range=(-2.0, 2.0))],
                          ids=["exact", "hutchinson", "dequantized"])
-def test_ode_nll_on_a_slice_with_its_index_offset_is_the_whole_run_within_tolerance(kw):
-    model = _mlp_model()
-    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    if "bins" in kw:
-        x = torch.round((x.clamp(-4, 4) + 4) * 2) / 2 - 4
-    whole = ode_nll(model, x, seed=3, progress=False, **kw)
-    a, b = 13, 29
-    part = ode_nll(model, x[a:b], seed=3, index_offset=a, progress=False, **kw)
-    torch.testing.assert_close(part, whole[a:b], rtol=ODE_RTOL, atol=0.0)
-    # the same batches give the same values: the first slice as its own batch, with batch_size cutting there
-    torch.testing.assert_close(ode_nll(model, x[:20], seed=3, progress=False, **kw),
-                               ode_nll(model, x, seed=3, batch_size=20, progress=False, **kw)[:20], rtol=0, atol=0)
+def test_ode_nll_on_a_slice_with_its_index_offset_is_the_rows_of_the_whole_run(kw):
+    kw = dict(kw, rtol=1e-3, atol=1e-3)  # any tolerance: the rows are the same bits
+    target, x = _ring(30)
+    if "bins" in kw:  # on the grid of 17 values in [-2, 2]
+        x = torch.round((x.clamp(-2, 2) + 2) * 4) / 4 - 2
+    whole = ode_nll(target, x, seed=3, progress=False, **kw)
+    a, b = 9, 21
+    assert torch.equal(ode_nll(target, x[a:b], seed=3, index_offset=a, progress=False, **kw), whole[a:b])
+    assert torch.equal(ode_nll(target, x, seed=3, batch_size=7, progress=False, **kw), whole)
+    if "bins" in kw or "probes" in kw:  # without the offset: other draws
+        assert not torch.equal(ode_nll(target, x[a:b], seed=3, progress=False, **kw), whole[a:b])
 
 
 def test_index_offset_is_checked():
@@ -136,7 +124,7 @@ def test_bench_on_two_processes_scores_the_one_process_samples(tmp_path, capsys)
     argv = ["bench", "--target", "ring2d", "--samplers", "ddim,ddpm,pc", "--budgets", "6", "-n", "301", "--no-peers",
             "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
-    run = _torchrun([*argv, "--out", "two"], tmp_path)
+    run = _torchrun([*argv, "--out", "two", "--batch-size", "70"], tmp_path)  # 5 batches (pc: of 128), shared
     assert run.stdout.count("scoregen bench: ring2d") == 1 and "samples/s" in run.stdout
     one, two = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in ("one", "two"))
     assert two.pop("ranks") == 2

@@ -1,9 +1,10 @@
 """Run a benchmark: every sampler (scoregen's and, optionally, its peers') at every NFE budget on one subject.
 
-Under torchrun (``context=``, :func:`scoregen.distributed.setup`), every rank samples its shard of each run's n
-samples (:func:`scoregen.distributed.shard`, ``sample(..., index_offset=start)``: its rows of the one-process run,
-bit for bit on the same device type), the shards are gathered to rank 0 in rank order and rank 0 scores them, so
-every metric equals the one-process value exactly. Rank 0 also scores the reference row and the floors and runs the
+Under torchrun (``context=``, :func:`scoregen.distributed.setup`), the ranks share each run's batches
+(:func:`scoregen.batch_ranges` of ``batch_size``, default n / the number of ranks; ``sample(..., index_offset=a)``:
+each is that batch of the one-process run with that batch size, bit for bit on the same device type), the batches
+are gathered to rank 0 in index order and rank 0 scores them, so every metric equals the one-process value exactly
+(on exact targets whatever the batch size). Rank 0 also scores the reference row and the floors and runs the
 peers (their step noise comes from one generator over the whole batch, so they cannot be split) on all n samples.
 A row's ``wall_time`` is the slowest rank's sampling time; ``nfe`` the largest.
 """
@@ -16,8 +17,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from .._checks import check_int
-from ..distributed import Context, shard
-from ..samplers import SAMPLERS, sample
+from ..distributed import Context
+from ..samplers import SAMPLERS, SampleResult, batch_ranges, sample
 from ..samplers.langevin import langevin_budget, langevin_grid
 from .scorers import Column
 from .subjects import DEFAULT_N, Subject
@@ -130,6 +131,7 @@ def run_bench(
     progress: Optional[bool] = None,
     device=None,
     context: Optional[Context] = None,
+    batch_size: Optional[int] = None,
 ) -> BenchResult:
     """Sample ``subject`` with every sampler at every NFE budget and score each run the same way.
 
@@ -139,11 +141,15 @@ def run_bench(
     counted by scoregen around the model. With ``label`` (exact targets), the samplers run under guidance to that
     class at ``guidance_scale`` and are scored against the exact conditional.
 
-    ``device``: where the samplers run (default the CPU). ``context``: under torchrun, each rank samples its shard of
-    every run and rank 0 scores the gathered samples (see the module docstring); every rank must call this with the
-    same arguments. Rank 0 returns the whole result, the other ranks one without rows or floors.
+    ``device``: where the samplers run (default the CPU). ``batch_size``: scoregen's runs sample in batches of this
+    many (default: :func:`scoregen.sample`'s). ``context``: under torchrun, the ranks share each run's batches (of
+    ``batch_size``, default n / the number of ranks) and rank 0 scores the gathered samples (see the module
+    docstring); every rank must call this with the same arguments. Rank 0 returns the whole result, the other ranks
+    one without rows or floors. The samples, and so the scores, equal one process's with the same ``batch_size``
+    bit for bit; on exact targets whatever the batches.
     """
     n = DEFAULT_N[subject.kind] if n is None else check_int("n (samples per run; the metrics need two)", n, 2)
+    batch_size = None if batch_size is None else check_int("batch_size", batch_size)
     budgets = sorted(set(DEFAULT_BUDGETS[subject.kind] if budgets is None else (check_int("budget", b) for b in budgets)))
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown or not samplers:
@@ -186,7 +192,7 @@ def run_bench(
         bar.update(1)
         for source, name, budget in jobs:
             row = _run_one(source, name, budget, model, subject, scorer, n, seed, labels,
-                           guidance_scale if label is not None else None, device, ctx)
+                           guidance_scale if label is not None else None, device, ctx, batch_size)
             if ctx.is_main:
                 result.rows.append(row)
             bar.update(1)
@@ -196,8 +202,8 @@ def run_bench(
 def _note_ranks(result: BenchResult, ctx: Context) -> None:
     if ctx.distributed:
         result.ranks = ctx.world_size
-        result.notes.append(f"{ctx.world_size} processes (torchrun) sampled each scoregen run, each its shard of the n "
-                            "samples, scored together; wall s is the slowest process's sampling time and samples/s "
+        result.notes.append(f"{ctx.world_size} processes (torchrun) sampled each scoregen run, sharing its one-process "
+                            "batches, scored together; wall s is the slowest process's sampling time and samples/s "
                             "n / wall s" + ("; the peers ran on rank 0 alone" if result.peers else ""))
 
 
@@ -209,21 +215,26 @@ def _reference_row(subject: Subject, scorer, scale: Optional[float]) -> BenchRow
 
 
 def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n: int, seed: int, labels,
-             scale: Optional[float], device=None, ctx: Optional[Context] = None) -> BenchRow:
+             scale: Optional[float], device=None, ctx: Optional[Context] = None,
+             batch_size: Optional[int] = None) -> BenchRow:
     """One run, scored; a run whose samples diverge (NaN or inf, caught by scoregen's guard for peers too) is
-    recorded as failed, with the reason, instead of ending the benchmark. Under torchrun a scoregen run is sampled
-    in shards and scored on rank 0 (the other ranks get the row unscored); a peer runs on rank 0 alone."""
+    recorded as failed, with the reason, instead of ending the benchmark. Under torchrun a scoregen run's batches
+    (those of one process, :func:`~scoregen.samplers.batch_ranges`) are shared among the ranks and scored on rank 0
+    (the other ranks get the row unscored); a peer runs on rank 0 alone."""
     ctx = ctx or Context()
     if source == "scoregen":
         options = budget_options(name, budget, model)
         row = BenchRow("scoregen", name, _options_text(options), budget, 0, 0.0, {}, scale)
-        group = getattr(SAMPLERS[name], "sample_group", None)  # pc's groups stay whole on one rank
-        start, stop = shard(n, ctx.rank, ctx.world_size, group(tuple(model.shape)) if group else 1)
-        part = None if labels is None else labels[start:stop]
-        run = lambda: sample(model, name, stop - start, seed=seed, y=part, x0_hook=subject.x0_hook, progress=False,  # noqa: E731
-                             device=device, index_offset=start, **options)
-        if ctx.distributed:
-            return _run_sharded(row, run, stop > start, subject, scorer, labels, ctx)
+        def run(a: int = 0, b: int = n, size: Optional[int] = batch_size) -> SampleResult:  # rows [a, b) of the run
+            return sample(model, name, b - a, seed=seed, y=None if labels is None else labels[a:b], progress=False,
+                          x0_hook=subject.x0_hook, device=device, index_offset=a, batch_size=size, **options)
+
+        if ctx.distributed:  # the batches of batch_size (those of one process), or n / the number of ranks
+            ranges = batch_ranges(model, name, n, y=labels, x0_hook=subject.x0_hook, device=device,
+                                  batch_size=batch_size or -(-n // ctx.world_size))
+            size = ranges[0][1] - ranges[0][0]
+            return _run_sharded(row, lambda a, b: run(a, b, size), ranges[ctx.rank::ctx.world_size], subject, scorer,
+                                labels, ctx)
     else:
         row = BenchRow(source.library, name, "", budget, 0, 0.0, {}, scale)
         run = lambda: source.run(budget, n, seed)  # noqa: E731
@@ -238,18 +249,19 @@ def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n:
     return row
 
 
-def _run_sharded(row: BenchRow, run, has_work: bool, subject: Subject, scorer, labels, ctx: Context) -> BenchRow:
-    """This rank's shard of a scoregen run; every rank's samples (in rank order), NFE, sampling time and failure
-    gathered to rank 0, which scores the whole set as one process does."""
+def _run_sharded(row: BenchRow, run, ranges: list, subject: Subject, scorer, labels, ctx: Context) -> BenchRow:
+    """This rank's batches ``ranges`` of a scoregen run; every rank's samples, NFE, sampling time and failure gathered
+    to rank 0, which puts the batches in index order and scores the whole set as one process does."""
     import torch.distributed as dist
 
-    mine: dict = {"samples": None, "nfe": 0, "wall": 0.0, "failed": None, "options": ""}
-    if has_work:  # a rank beyond n (n < world size) has no samples
-        try:
-            r = run()
-            mine.update(samples=r.samples.detach().cpu(), nfe=r.nfe, wall=r.wall_time)
-        except FloatingPointError as e:
-            mine["failed"] = str(e)
+    mine: dict = {"samples": [], "nfe": 0, "wall": 0.0, "failed": None}
+    try:
+        for a, b in ranges:  # none on a rank beyond the number of batches
+            r = run(a, b)
+            mine["samples"].append((a, r.samples.detach().cpu()))
+            mine.update(nfe=max(mine["nfe"], r.nfe), wall=mine["wall"] + r.wall_time)
+    except FloatingPointError as e:
+        mine["failed"] = str(e)
     parts: list = [None] * ctx.world_size
     dist.all_gather_object(parts, mine)  # every rank's, pickled: one collective per run, on every rank
     if not ctx.is_main:
@@ -258,7 +270,7 @@ def _run_sharded(row: BenchRow, run, has_work: bool, subject: Subject, scorer, l
     if failed:
         row.failed = failed[0]
         return row
-    samples = torch.cat([p["samples"] for p in parts if p["samples"] is not None])
+    samples = torch.cat([x for _, x in sorted((item for p in parts for item in p["samples"]), key=lambda item: item[0])])
     row.nfe, row.wall_time = max(p["nfe"] for p in parts), max(p["wall"] for p in parts)
     row.metrics, row.samples = scorer.score(samples, labels), _keep(samples, subject)
     return row
@@ -275,13 +287,15 @@ def guidance_sweep(
     progress: Optional[bool] = None,
     device=None,
     context: Optional[Context] = None,
+    batch_size: Optional[int] = None,
 ) -> BenchResult:
     """Quality and class accuracy as functions of the guidance scale: one run of ``sampler`` at ``budget`` NFE per
     scale, under the subject's guidance (exact targets: class ``label``, default 0; digits: every class in turn).
-    ``device`` and ``context``: as :func:`run_bench`'s."""
+    ``device``, ``batch_size`` and ``context``: as :func:`run_bench`'s."""
     if subject.guided is None:
         raise ValueError(f"{subject.name} has no guidance to sweep")
     n = DEFAULT_N[subject.kind] if n is None else check_int("n (samples per run; the metrics need two)", n, 2)
+    batch_size = None if batch_size is None else check_int("batch_size", batch_size)
     label = (0 if label is None else label) if subject.kind == "exact" else label
     scorer = subject.make_scorer(n, seed, label, guided=True)
     ctx = context or Context()
@@ -298,7 +312,8 @@ def guidance_sweep(
             model, y = subject.guided(float(scale), label, n)
             move_model(model, device)
             labels = torch.full((n,), y) if isinstance(y, int) else y
-            row = _run_one("scoregen", sampler, budget, model, subject, scorer, n, seed, labels, float(scale), device, ctx)
+            row = _run_one("scoregen", sampler, budget, model, subject, scorer, n, seed, labels, float(scale), device, ctx,
+                           batch_size)
             if ctx.is_main:
                 result.rows.append(row)
             bar.update(1)

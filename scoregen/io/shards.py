@@ -24,15 +24,10 @@ from .files import atomic_write, read_json
 #: The largest run.json read back (a command line and its options: a few KB).
 MAX_RUN_BYTES = 2**20
 
-__all__ = ["ShardSet", "chunks"]
+__all__ = ["ShardSet"]
 
 _NAME = re.compile(r"shard-(\d+)-(\d+)\.npy")
 RUN_FILE = "run.json"
-
-
-def chunks(n: int, size: int) -> list[tuple[int, int]]:
-    """The index ranges ``[a, b)`` of ``n`` samples in chunks of ``size`` (the last one shorter)."""
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 class ShardSet:

@@ -26,6 +26,7 @@ from torch import Tensor
 from .._checks import check_int, check_real
 from .._progress import progress as _progress
 from ..models import ScoreModel
+from ..samplers import _adaptive as adaptive
 from ..samplers.ode import ODE_METHODS, ODESolverError
 from ..schedules import ve_levels
 from ._inputs import check_data, chunks, normal, per_sample_draws, shift
@@ -50,7 +51,7 @@ def _divergence(f: Tensor, y: Tensor, probes: Optional[Tensor]) -> Tensor:
     total = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
     for j, v in enumerate(probes):
         (vjp,) = torch.autograd.grad(f, y, v, retain_graph=j < len(probes) - 1)
-        total = total + (vjp * v).sum(1)
+        total = total + adaptive.row_sum(vjp * v)
     return total / len(probes)
 
 
@@ -91,7 +92,9 @@ def ode_nll(
             A discrete model queried at its nearest trained level has a piecewise-constant field the adaptive solver
             crawls through: use fractional time (scoregen's networks: ``net.score_model()``).
         x0: data (B, *model.shape) in the model's data scale.
-        rtol, atol, method: scipy.integrate's tolerances and explicit Runge-Kutta method (score-SDE: RK45, 1e-5).
+        rtol, atol, method: the tolerances and the explicit Runge-Kutta method of scipy.integrate (score-SDE: RK45,
+            1e-5), applied to each sample on its own (:mod:`scoregen.samplers._adaptive`): one error norm per sample
+            over its state and its divergence integral.
         divergence: ``exact`` (D backward passes per evaluation), ``hutchinson`` (``probes`` backward passes), or
             ``auto``: exact up to :data:`EXACT_MAX_DIMS` dimensions.
         probe: Hutchinson's probe distribution, ``rademacher`` (lower variance) or ``gaussian``.
@@ -100,14 +103,13 @@ def ode_nll(
             uniform dequantization, and the result bounds the probability of the values. None: continuous data.
         y: class labels for a class-conditional model.
         seed: seeds the dequantization noise and the probes, which depend on (seed, sample index) alone.
-        batch_size: samples integrated together (one solver run each; they share its steps, so the result depends
-            on the batching within the solver's tolerance).
+        batch_size: samples integrated together (one batched solve each, every sample with its own steps, so the
+            values do not depend on it).
         details: return an :class:`NLLResult` (bits/dim, standard error, terms, NFE) instead of the tensor.
         index_offset: the index of ``x0[0]`` in the whole data set (its dequantization and probes are those of
             sample ``index_offset + i``): a process that evaluates ``x[a:b]`` with ``index_offset=a`` gets rows
-            [a, b) of the result for all of ``x`` within the solver's tolerance (the batch shares the adaptive
-            steps, so a different split of the batches moves each value by about rtol; the same batches give the
-            same values).
+            [a, b) of the result for all of ``x``, bit for bit where the model's arithmetic does not depend on the
+            batch (exact targets; see :func:`scoregen.sample`).
     Raises:
         ODESolverError: the solver failed (its step size underflowed).
     """
@@ -121,7 +123,7 @@ def ode_nll(
     probes = check_int("probes (Hutchinson probes per sample)", probes, 1, 1024)
     offset = check_int("index_offset", index_offset, 0)
     rtol = check_real("rtol", rtol, 100 * float(np.finfo(np.float64).eps), 1.0)
-    atol = check_real("atol", atol, 0.0)
+    atol = check_real("atol (> 0: a state component at 0 has no relative scale)", atol, 0.0, lo_open=True)
     high, low = ve_levels(model.schedule)
     s_min = low if sigma_min is None else check_real("sigma_min", sigma_min, 0.0, lo_open=True)
     s_max = high if sigma_max is None else check_real("sigma_max", sigma_max, s_min, lo_open=True)
@@ -135,9 +137,8 @@ def ode_nll(
     dequant = -D * math.log(grid_bins.width) if grid_bins is not None else 0.0
     u0, u1 = math.log(s_min), math.log(s_max)
     parts, nfe = list(chunks(B, batch_size)), []
-    from scipy import integrate  # imported only when the solver runs
 
-    # progress: percentage points of the log-sigma range covered, 100 per batch
+    # progress: percentage points of the log-sigma range its slowest sample has covered, 100 per batch
     with _progress(100 * len(parts), progress, f"ode nll ({len(parts)} batch(es), % of the noise range)", "point",
                    leave=False) as bar:
         for part in parts:
@@ -151,37 +152,44 @@ def ode_nll(
                                                     _rademacher).transpose(0, 1).to(dtype=x.dtype, device=x.device)
             done, count = 0, 0
 
-            def field(u: float, state: np.ndarray) -> np.ndarray:
-                nonlocal count, done
+            def field(rows: Optional[Tensor], u: Tensor, state: Tensor) -> Tensor:
+                """d(y, integral)/du of the rows ``rows`` (None: all) at their own u = log s: (s eps, s div eps)."""
+                nonlocal count
                 count += 1
-                s = math.exp(u)
+                s = adaptive.elementwise(math.exp, u)
                 with torch.enable_grad():
-                    yv = torch.from_numpy(state[: n * D]).view(n, D).to(device=x.device, dtype=x.dtype).requires_grad_(True)
-                    eps = model.eps(yv.view(shape), s, 1.0, lab).reshape(n, D)
-                    div = _divergence(eps, yv, v)
-                out = np.concatenate([(s * eps).detach().to("cpu", torch.float64).reshape(-1).numpy(),
-                                      (s * div).detach().to("cpu", torch.float64).numpy()])
-                if not np.isfinite(out).all():
-                    raise FloatingPointError(f"ode_nll: the model returned NaN or inf (or its divergence did) at level "
-                                             f"s={s:.4g}, evaluation {count}")
-                reached = int(100 * (u - u0) / (u1 - u0))
+                    yv = state[:, :D].to(x.dtype).requires_grad_(True)
+                    eps = model.eps(yv.view(-1, *shape[1:]), s, 1.0, lab if rows is None or lab is None else lab[rows])
+                    eps = eps.reshape(-1, D)
+                    div = _divergence(eps, yv, v if rows is None or v is None else v[:, rows])
+                out = torch.cat([eps.detach().to(torch.float64), div.detach().to(torch.float64).unsqueeze(1)], 1)
+                out.mul_(s.unsqueeze(1))
+                if not bool(torch.isfinite(out).all()):
+                    raise FloatingPointError(f"ode_nll: the model returned NaN or inf (or its divergence did) at levels "
+                                             f"s in [{s.min().item():.4g}, {s.max().item():.4g}], evaluation {count}")
+                return out
+
+            def advance(u: Tensor, state: Tensor) -> None:
+                nonlocal done
+                reached = int(100 * (float(u.min()) - u0) / (u1 - u0))
                 if reached > done:
                     bar.update(reached - done)
                     done = reached
-                return out
 
-            state0 = np.concatenate([x.detach().to("cpu", torch.float64).reshape(-1).numpy(), np.zeros(n)])
-            sol = integrate.solve_ivp(field, (u0, u1), state0, method=method, rtol=rtol, atol=atol)
-            if sol.status != 0:
-                raise ODESolverError(f"ode_nll ({method}, rtol={rtol:g}, atol={atol:g}) failed at s={math.exp(sol.t[-1]):.6g} "
-                                     f"on its way from {s_min:g} to {s_max:g} after {sol.nfev} evaluations: {sol.message}")
+            state0 = torch.cat([x.detach().to(torch.float64).reshape(n, D), x.new_zeros(n, 1, dtype=torch.float64)], 1)
+            try:
+                end = adaptive.solve(field, u0, state0, u1, method, rtol, atol, advance)
+            except adaptive.StepTooSmall as e:
+                raise ODESolverError(f"ode_nll ({method}, rtol={rtol:g}, atol={atol:g}) failed at s={math.exp(e.t[0]):.6g} "
+                                     f"(sample {offset + part.start + e.rows[0]}) on its "
+                                     f"way from {s_min:g} to {s_max:g} after {count} evaluations: its step size fell "
+                                     "below float64's resolution") from None
             bar.update(100 - done)
-            end = torch.from_numpy(sol.y[:, -1])
-            y_T, div_int = end[: n * D].view(n, D), end[n * D:]
+            y_T, div_int = end[:, :D], end[:, D]
             var = 1.0 + s_max * s_max
-            log_prior = -0.5 * (D * math.log(2 * math.pi * var) + (y_T ** 2).sum(1) / var)
+            log_prior = -0.5 * (D * math.log(2 * math.pi * var) + adaptive.row_sum(y_T ** 2) / var)
             prior[part], integral[part] = -log_prior.to(nats.device), -div_int.to(nats.device)
-            nfe.append(int(sol.nfev))
+            nfe.append(count)
     nats = prior + integral + dequant
     if not details:
         return nats

@@ -48,7 +48,7 @@ from .tune import TunedGrid, load_grid, optimized_grid, save_grid, tune_grid
 
 __all__ = ["SAMPLERS", "SampleResult", "sample", "sampler_options", "ddpm", "ddim", "langevin", "langevin_grid",
            "langevin_budget", "LangevinGrid", "euler", "heun", "edm", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc",
-           "deis", "ipndm", "euler_maruyama", "pc", "ode", "step_grid", "StepGrid", "SPACINGS", "tune_grid",
+           "deis", "ipndm", "euler_maruyama", "pc", "ode", "batch_ranges", "step_grid", "StepGrid", "SPACINGS", "tune_grid",
            "optimized_grid", "save_grid", "load_grid", "TunedGrid"]
 
 #: Every sampler by name: the classical three, then the ODE solvers, then the SDE solvers (docs/samplers.md).
@@ -152,10 +152,9 @@ def sample(
     With a seed, sample i depends on (seed, i) alone: n = 100 once, 2 x 50 (``index_offset=50`` for the second) or
     any batch size give the same noise, and the same samples bit for bit on the same device type and dtype where the
     model's arithmetic does not depend on the batch (exact targets; a network needs the same batches: split at
-    multiples of ``batch_size``). Two samplers couple samples: ``pc`` runs whole groups of indices (with per-sample
-    ``y`` or ``x_start``, split at multiples of its group), and the adaptive ``ode`` shares its steps across a batch,
-    so its samples agree within its tolerance. The default batch size depends on the model, n, the shape and the
-    dtype only, never on the machine's free memory.
+    multiples of ``batch_size``). ``pc`` couples samples: it runs whole groups of indices (with per-sample ``y`` or
+    ``x_start``, split at multiples of its group); the adaptive ``ode`` steps each sample on its own. The default batch
+    size depends on the model, n, the shape and the dtype only, never on the machine's free memory.
 
     Memory is estimated before anything is allocated (:mod:`scoregen.samplers._batches`): a sample in flight holds
     about 6 copies of its state, what the model declares (:meth:`~scoregen.ScoreModel.eval_bytes_per_sample`) and
@@ -198,17 +197,12 @@ def sample(
     labels = None if y is None else class_labels(y, n, device, who="y: ")  # a view for an int: nothing of size n
     x_start = _check_start(x_start, start_level, n, model.shape, name, params)
     stack = model if x0_hook is None else X0Hook(model, x0_hook)
-    batch = _batches.batch_size_for(n, stack, dtype, device, labels, batch_size)
 
     if generator is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
     elif index_offset:
         raise ValueError("index_offset places samples in a seeded run's per-sample streams: pass seed, not generator")
-    # A sampler that couples samples (pc's step size from its group's mean norms) runs on whole groups of `group`
-    # indices, its batches cut at multiples of the batch size in the run's index space, so a sample's group is the
-    # same in any split; the extra rows at the run's ends are computed and dropped.
-    group = fn.sample_group(tuple(model.shape)) if seed is not None and hasattr(fn, "sample_group") else None
-    group = group if group and group > 1 else None
+    batch, group = _batch(n, stack, fn, dtype, device, labels, batch_size, seed is not None)
     if group:
         per_sample = [what for what, v in (("labels y", y), ("x_start", x_start))  # that differ between samples
                       if isinstance(v, Tensor) and v.ndim > (0 if what == "labels y" else len(model.shape))
@@ -217,7 +211,6 @@ def sample(
             raise ValueError(f"sampler {name!r} couples samples in groups of {group} indices, so with per-sample "
                              f"{' and '.join(per_sample)} a run must start at a multiple of {group} (index_offset "
                              f"{index_offset}): split the indices at multiples of {group}")
-        batch = -(-batch // group) * group  # whole groups (a few rows above the estimate at most)
         edges = [index_offset, *range((index_offset // batch + 1) * batch, index_offset + n, batch), index_offset + n]
     else:
         edges = [*range(index_offset, index_offset + n, batch), index_offset + n]
@@ -260,6 +253,52 @@ def sample(
     if x_start is not None:  # recorded: a run from a given state is not a run from the prior
         options.update(x_start=f"tensor of shape {tuple(x_start.shape)}", start_level=start_level)
     return SampleResult(out, nfe, wall, name, seed, dict(options), batch)
+
+
+def _batch(n: int, stack: ScoreModel, fn: Callable, dtype: torch.dtype, device: torch.device, labels: Optional[Tensor],
+           batch_size: Optional[int], seeded: bool) -> tuple[int, Optional[int]]:
+    """(the batch size, the sampler's group or None) of a run of n samples: ``batch_size`` or the memory estimate's
+    default (:mod:`~scoregen.samplers._batches`, with the sampler's own extra state, ``fn.solver_state_bytes``). A
+    sampler that couples samples (pc's step size from its group's mean norms) runs on whole groups of ``group``
+    indices, its batches rounded up to whole groups and cut at multiples of the batch size in the run's index space,
+    so a sample's group is the same in any split (the extra rows at the run's ends are computed and dropped). A given
+    ``batch_size`` sets those cuts even above n, so that a part of a run, with the run's batch size, is cut where the
+    run is."""
+    extra = fn.solver_state_bytes(tuple(stack.shape)) if hasattr(fn, "solver_state_bytes") else 0
+    batch = _batches.batch_size_for(n, stack, dtype, device, labels, batch_size, extra)
+    group = fn.sample_group(tuple(stack.shape)) if seeded and hasattr(fn, "sample_group") else None
+    if not group or group <= 1:
+        return batch, None
+    return -(-(batch_size or batch) // group) * group, group  # whole groups (a few rows above the estimate at most)
+
+
+def batch_ranges(
+    model: ScoreModel,
+    sampler: Union[str, Callable] = "ddpm",
+    n: int = 1,
+    *,
+    y: Union[int, Tensor, None] = None,
+    x0_hook: Optional[Callable[[Tensor], Tensor]] = None,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: Optional[int] = None,
+) -> list[tuple[int, int]]:
+    """The index ranges ``[a, b)`` of the batches in which :func:`sample` (with a seed and these arguments) draws its n
+    samples, all of the length of the first but the last. ``sample(model, sampler, b - a, seed=..., index_offset=a,
+    batch_size=B, ...)``, B the first range's length, computes exactly that batch, so running the ranges in any order,
+    process or machine and concatenating them gives the one-call samples bit for bit, for networks too (whose kernels
+    may round differently in batches of other sizes; with the same number of torch threads). With per-sample ``y``,
+    pass each range its ``y[a:b]``."""
+    name, fn = _resolve(sampler)
+    if not model.shape:
+        raise ValueError("the model does not declare its sample shape; give it a `shape` (e.g. NetworkScoreModel(..., shape=(2,)))")
+    n = check_int("n", n)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    labels = None if y is None else class_labels(y, n, device, who="y: ")
+    stack = model if x0_hook is None else X0Hook(model, x0_hook)
+    batch_size = None if batch_size is None else check_int("batch_size", batch_size)
+    batch, _ = _batch(n, stack, fn, dtype, device, labels, batch_size, True)
+    return [(a, min(a + batch, n)) for a in range(0, n, batch)]
 
 
 def _pad(part: Tensor, rows: slice, size: int) -> Tensor:

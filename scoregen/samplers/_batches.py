@@ -81,20 +81,23 @@ def _activations_per_sample(model: ScoreModel, dtype: torch.dtype, device: torch
         return 0
 
 
-def per_sample_bytes(model: ScoreModel, dtype: torch.dtype, device: torch.device, y: Optional[Tensor]) -> int:
-    """Estimated bytes per sample in flight: :data:`STATE_COPIES` copies of the state, the stack's declared
-    ``eval_bytes_per_sample(dtype)`` and its networks' activations. ``y``: the run's labels, shape (n,), or None."""
+def per_sample_bytes(model: ScoreModel, dtype: torch.dtype, device: torch.device, y: Optional[Tensor],
+                     extra: int = 0) -> int:
+    """Estimated bytes per sample in flight: :data:`STATE_COPIES` copies of the state, ``extra`` (a sampler's own
+    state beyond them, e.g. an adaptive solver's float64 stages), the stack's declared ``eval_bytes_per_sample(dtype)``
+    and its networks' activations. ``y``: the run's labels, shape (n,), or None."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return (STATE_COPIES * math.prod(model.shape) * itemsize + declared_bytes(model, dtype)
+    return (STATE_COPIES * math.prod(model.shape) * itemsize + extra + declared_bytes(model, dtype)
             + _activations_per_sample(model, dtype, device, y))
 
 
 def batch_size_for(n: int, model: ScoreModel, dtype: torch.dtype, device: torch.device, y: Optional[Tensor],
-                   batch_size: Optional[int]) -> int:
+                   batch_size: Optional[int], extra: int = 0) -> int:
     """The batch size for n samples: ``batch_size`` (at most n), or by default as many as fit in
     :data:`DEFAULT_BATCH_BYTES` (at least 1). A ValueError when the result alone takes more than half of what is
     available (draw fewer samples), or the result and one batch more than all of it (with a batch size that fits).
-    ``y``: the run's labels, shape (n,), or None. Nothing of size n is allocated here."""
+    ``y``: the run's labels, shape (n,), or None; ``extra``: a sampler's own state per sample, in bytes
+    (:func:`per_sample_bytes`). Nothing of size n is allocated here."""
     available = available_memory(device)
     itemsize = torch.empty((), dtype=dtype).element_size()
     shape = tuple(model.shape)
@@ -107,7 +110,7 @@ def batch_size_for(n: int, model: ScoreModel, dtype: torch.dtype, device: torch.
             f"(n <= {fits}), in several runs with different seeds if you need more")
     if batch_size is not None and available is None:  # nothing to check it against: no need to probe the model
         return min(n, batch_size)
-    per_sample = per_sample_bytes(model, dtype, device, y)
+    per_sample = per_sample_bytes(model, dtype, device, y, extra)
     batch = min(n, max(1, DEFAULT_BATCH_BYTES // max(per_sample, 1)) if batch_size is None else batch_size)
     if available is not None and result + batch * per_sample > available:
         fits = int((available - result) // per_sample)

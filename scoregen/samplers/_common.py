@@ -18,6 +18,21 @@ from .grids import StepGrid
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the scoregen folder
 
 
+#: Numbers in a group of samples that share a sampler's batch statistics (:func:`~scoregen.samplers.sde.pc`'s corrector
+#: norms), at least, and the most samples in a group (score-SDE takes them over its whole batch; 64 is a common one).
+GROUP_ELEMENTS, GROUP_MAX = 4096, 64
+
+
+def sample_group(shape: tuple[int, ...]) -> int:
+    """Samples per group of a sampler that couples samples: enough to hold GROUP_ELEMENTS numbers, at most GROUP_MAX
+    (64 for vectors and the 8x8 digits, 6 for 1x28x28, 2 for 3x32x32, 1 from 3x64x64 on, where one sample's
+    statistics are already stable). A function of the shape alone, as the runs of indices must be: the groups are
+    fixed runs of sample indices, and :func:`scoregen.sample` hands such a sampler whole groups (its
+    ``sample_group`` attribute), so a sample's trajectory is the same in any batch or split."""
+    numel = max(1, math.prod(int(v) for v in shape))
+    return max(1, min(GROUP_MAX, -(-GROUP_ELEMENTS // numel)))
+
+
 def prior(z: Tensor, m: float, sigma: float) -> Tensor:
     """x at the noisiest level for data of unit variance: N(0, (m^2 + sigma^2) I) (N(0, I) for VP).
 

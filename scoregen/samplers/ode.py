@@ -18,9 +18,10 @@ from torch import Tensor
 
 from .._checks import check_int, check_real
 from ..errors import ScoregenError
-from ..models import ScoreModel, prepare_levels
+from ..models import ScoreModel, class_labels, prepare_levels
 from ..streams import Noise, normal_
 from . import exponential as ei
+from . import _adaptive as adaptive
 from ._common import Start, begin, progress_bar, report
 from .grids import StepGrid, step_grid
 
@@ -218,8 +219,8 @@ class ODESolverError(ScoregenError):
     """The adaptive ODE solver (:func:`ode`) could not finish: its step size fell below what float64 resolves."""
 
 
-#: The explicit Runge-Kutta methods of ``scipy.integrate`` that :func:`ode` accepts (the implicit ones, Radau, BDF
-#: and LSODA, estimate a Jacobian of the whole flattened batch by finite differences: batch * dim evaluations each).
+#: The explicit Runge-Kutta methods of ``scipy.integrate`` whose tableaus :func:`ode` runs (the implicit ones, Radau,
+#: BDF and LSODA, would estimate a Jacobian by finite differences: dim evaluations per sample each).
 ODE_METHODS = ("RK45", "RK23", "DOP853")
 
 
@@ -248,21 +249,25 @@ def ode(
 
     The grid only gives the two ends: its first level (the start) and its last nonzero level (the default
     ``sigma_min``); with the default ``karras`` spacing both are the model's trained VE extremes, whatever ``steps``.
-    The whole batch is one flattened float64 state (one error norm, so every sample takes the same steps), handed to
-    the model in z's dtype and device at each evaluation.
+    Each sample is solved on its own, as scipy solves one sample alone: its own error norm and step size (scipy's
+    ``solve_ivp`` on a flattened batch, as score-SDE calls it, takes one norm over the batch, so every sample's steps
+    would depend on the rest of the batch and on how a run is split). The samples' stages are evaluated together, in
+    one model call at per-sample levels (a tensor of shape (B,)); the state is float64 on z's device, handed to the
+    model in z's dtype (:mod:`scoregen.samplers._adaptive`).
 
     Options: ``method`` (str, one of :data:`ODE_METHODS`, default "RK45"), ``rtol`` (float in [2.2e-14, 1], default 1e-5)
-    and ``atol`` (float >= 0, default 1e-5): scipy's tolerances; ``sigma_min`` (float in (0, first level), default
-    None: the grid's last nonzero level). NFE = the solver's function evaluations (scipy's ``nfev``) + 1, the final
-    step; the callback gets each accepted solver step (``i``, ``sigma`` the level reached, ``nfev`` so far) and the
-    final step.
-    Raises :class:`ODESolverError` when the solver fails (its step size underflows).
+    and ``atol`` (float > 0, default 1e-5): scipy's tolerances, per sample; ``sigma_min`` (float in (0, first level),
+    default None: the grid's last nonzero level). NFE = the evaluations of the slowest sample + 1, the final step.
+    The callback gets the batch's progress: each time the slowest sample gets further (``i``, ``x`` every sample at
+    its own last accepted step, ``sigma`` the slowest one's level, ``nfev`` so far), then the final step.
+    Raises :class:`ODESolverError` when the solver fails for a sample (its step size underflows; the message names the
+    sample by its row in the batch).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"method must be one of {list(ODE_METHODS)} (scipy.integrate's explicit Runge-Kutta methods), "
                          f"got {method!r}")
     rtol = check_real("rtol (scipy needs at least 100 float64 eps)", rtol, 100 * float(np.finfo(np.float64).eps), 1.0)
-    atol = check_real("atol", atol, 0.0)
+    atol = check_real("atol (> 0: a state component at 0 has no relative scale)", atol, 0.0, lo_open=True)
     grid = step_grid(model, steps, spacing, sigmas=sigmas, timesteps=timesteps, solver="ode", default_steps=2,
                      default_spacing="karras")
     grid, x = begin(model, z, grid, start, ve=True)
@@ -277,35 +282,49 @@ def ode(
         s_end = check_real(f"sigma_min (where the integration stops, below the first level {s_start:g})", sigma_min,
                            0.0, s_start, lo_open=True, hi_open=True)
     shape, nfev = x.shape, 0
+    y = None if y is None else class_labels(y, shape[0], x.device, who="y: ")  # one per sample: rows are picked
 
-    def as_state(flat: np.ndarray) -> Tensor:
-        return torch.from_numpy(flat).view(shape).to(device=x.device, dtype=x.dtype)
-
-    def slope(t: float, flat: np.ndarray) -> np.ndarray:
+    def slope(rows: Optional[Tensor], s: Tensor, state: Tensor) -> Tensor:  # eps at each row's own level s
         nonlocal nfev
         nfev += 1
-        out = model.eps(as_state(flat), float(t), 1.0, y).detach().to("cpu", torch.float64).reshape(-1).numpy().copy()
-        if not np.isfinite(out).all():
-            raise FloatingPointError(f"ode: the model returned NaN or inf at evaluation {nfev}, level s={float(t):.4g}")
-        return out
+        labels = y if y is None or rows is None else y[rows]
+        out = model.eps(state.view(-1, *shape[1:]).to(x.dtype), s, 1.0, labels)
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"ode: the model returned NaN or inf at evaluation {nfev}, at levels s in "
+                                     f"[{s.min().item():.4g}, {s.max().item():.4g}]")
+        return out.detach().to(torch.float64).reshape(state.shape)
 
-    from scipy import integrate  # imported only when the solver runs
-
-    solver = getattr(integrate, method)(slope, s_start, x.detach().to("cpu", torch.float64).reshape(-1).numpy(), s_end,
-                                        rtol=rtol, atol=atol)
+    reached, steps = s_start, 0  # the highest level a sample is still at (the batch's progress); its steps
     with progress_bar(None, progress, f"ode {method}") as bar:
-        i = 0
-        while solver.status == "running":
-            message = solver.step()
-            if solver.status == "failed":
-                raise ODESolverError(
-                    f"ode ({method}, rtol={rtol:g}, atol={atol:g}) failed at s={solver.t:.6g} on its way from "
-                    f"{s_start:g} to {s_end:g}, after {solver.nfev} evaluations: {str(message).rstrip('.')}. The "
-                    "solution changes too fast there for float64 steps: raise sigma_min, or loosen rtol / atol")
-            report(bar, callback, i, as_state(solver.y.copy()) if callback is not None else None, 1.0, float(solver.t),
-                   nfev=solver.nfev)
-            i += 1
-        x = as_state(solver.y).clone()  # a copy: as_state aliases scipy's array for a float64 CPU state
+        def on_step(s: Tensor, state: Tensor) -> None:
+            nonlocal reached, steps
+            level = float(s.max())
+            if level < reached:
+                reached = level
+                report(bar, callback, steps, None if callback is None else state.view(shape).to(x.dtype, copy=True), 1.0, level,
+                       nfev=nfev)
+                steps += 1
+
+        try:
+            state = adaptive.solve(slope, s_start, x.detach().to(torch.float64).reshape(shape[0], -1), s_end, method,
+                                   rtol, atol, on_step)
+        except adaptive.StepTooSmall as e:
+            more = f" and {len(e.rows) - 1} more" if len(e.rows) > 1 else ""
+            raise ODESolverError(
+                f"ode ({method}, rtol={rtol:g}, atol={atol:g}) failed at s={e.t[0]:.6g} on its way from {s_start:g} "
+                f"to {s_end:g} (sample {e.rows[0]} of the batch{more}), after {nfev} evaluations: its step size fell "
+                "below float64's resolution. The solution changes too fast there for float64 steps: raise sigma_min, "
+                "or loosen rtol / atol") from None
+        x = state.view(shape).to(x.dtype)
         x.add_(model.eps(x, s_end, 1.0, y), alpha=-s_end)  # to s = 0: x0_hat at sigma_min
-        report(bar, callback, i, x, 1.0, 0.0, nfev=solver.nfev)
+        report(bar, callback, steps, x, 1.0, 0.0, nfev=nfev)
     return x
+
+
+def _solver_state_bytes(shape: tuple[int, ...]) -> int:
+    """:func:`ode`'s float64 solver state per sample, beside the sampler copies every run holds: up to 13 stages
+    (DOP853; RK45 7) and about 7 working copies (:mod:`scoregen.samplers._batches` counts it)."""
+    return 20 * math.prod(shape) * 8
+
+
+ode.solver_state_bytes = _solver_state_bytes

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._checks import check_int, check_real
 from ..models import ScoreModel
 from ..streams import Noise, normal_
-from ._common import Start, begin, progress_bar, report
+from ._common import Start, begin, progress_bar, report, sample_group
 from .grids import StepGrid, step_grid
 
 __all__ = ["euler_maruyama", "pc"]
@@ -91,12 +91,13 @@ def pc(
 
     * Corrector: ``corrector_steps`` Langevin steps at s_i, ``x <- x + a score(x, s_i) + sqrt(2 a) z`` with
       ``a = 2 (snr ||z|| / ||score||)^2``, where ``||.||`` is the mean of the per-sample norms over a group of
-      :func:`pc_group` samples (score-SDE's ``LangevinCorrector``, alpha = 1 in VE coordinates, averages over its
-      whole batch; 64 samples of 2-d data, one image from 3x32x32 on). Per-sample norms would make a sample near a mode's centre, where ||score|| is near 0, take a step
-      ``a`` so large that it jumps far across the mode: in 2-D that inflates the variances by hundreds of standard
-      errors. The groups are fixed runs of sample indices (``pc.sample_group``: :func:`scoregen.sample` hands the
-      sampler whole groups), so a sample's trajectory depends on its group's noise, the same in any batch or split;
-      called directly on a batch that is not a multiple of the group, the whole batch is one group.
+      :func:`~scoregen.samplers._common.sample_group` samples (score-SDE's ``LangevinCorrector``, alpha = 1 in VE
+      coordinates, averages over its whole batch; 64 samples of 2-d data, one image from 3x32x32 on). Per-sample
+      norms would make a sample near a mode's centre, where ||score|| is near 0, take a step ``a`` so large that it
+      jumps far across the mode: in 2-D that inflates the variances by hundreds of standard errors. The groups are
+      fixed runs of sample indices (``pc.sample_group``: :func:`scoregen.sample` hands the sampler whole groups), so
+      a sample's trajectory depends on its group's noise, the same in any batch or split; called directly on a batch
+      that is not a multiple of the group, the whole batch is one group.
     * Predictor: the reverse-diffusion step (``ReverseDiffusionPredictor``, the ancestral VE step)
       ``x <- x + (s_i^2 - s_{i+1}^2) score(x, s_i) + sqrt(s_i^2 - s_{i+1}^2) z``. The last one, from the cleanest
       level s_{N-1} to 0, is noise-free: ``x + s_{N-1}^2 score = x0_hat`` (score-SDE returns its ``x_mean``,
@@ -118,7 +119,7 @@ def pc(
     std = [math.sqrt(v) if s[i + 1] > 0 else 0.0 for i, v in enumerate(var)]
     noise = torch.empty_like(x)
     B, col = x.shape[0], (x.shape[0],) + (1,) * (x.ndim - 1)
-    G = pc_group(tuple(x.shape[1:]))
+    G = sample_group(tuple(x.shape[1:]))
     G = G if B % G == 0 else B
 
     def group_mean(v: Tensor) -> Tensor:  # (B,) per-sample values -> (B,) the mean of each sample's group
@@ -143,17 +144,4 @@ def pc(
     return x
 
 
-#: Numbers whose mean square sets :func:`pc`'s corrector step, at least (a group of samples' norms averaged), and the
-#: most samples in a group (score-SDE averages over its batch; 64 is a common one there).
-PC_GROUP_ELEMENTS, PC_GROUP_MAX = 4096, 64
-
-
-def pc_group(shape: tuple[int, ...]) -> int:
-    """Samples per group of :func:`pc`'s corrector norms: enough to hold PC_GROUP_ELEMENTS numbers, at most
-    PC_GROUP_MAX (64 for vectors and the 8x8 digits, 6 for 1x28x28, 2 for 3x32x32, 1 from 3x64x64 on, where one
-    sample's norms are already that stable). A function of the shape alone, as the runs of indices must be."""
-    numel = max(1, math.prod(int(v) for v in shape))
-    return max(1, min(PC_GROUP_MAX, -(-PC_GROUP_ELEMENTS // numel)))
-
-
-pc.sample_group = pc_group
+pc.sample_group = sample_group

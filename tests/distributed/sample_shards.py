@@ -12,7 +12,7 @@ import scoregen as sg
 from scoregen.distributed import setup, shard
 
 N = 37
-OPTIONS = {"langevin": dict(levels=3, steps_per_level=2), "ode": dict(rtol=1e-9, atol=1e-9),
+OPTIONS = {"langevin": dict(levels=3, steps_per_level=2), "ode": dict(rtol=1e-5, atol=1e-5),
            "pc": dict(steps=4, corrector_steps=1), "edm": dict(steps=4, s_churn=10.0)}
 
 if __name__ == "__main__":
