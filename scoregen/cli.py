@@ -675,9 +675,11 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         move_model(model, context.device)
         x, labels = x.to(context.device), None if labels is None else labels.to(context.device)
-    # the subset was drawn from the seed above, the same on every rank: each evaluates its shard [a, b) of it, with
-    # the noise draws of those indices (index_offset), so its per-sample values are the one-process run's rows
-    a, b = shard(len(x), context.rank, context.world_size)
+    # the subset was drawn from the seed above, the same on every rank: each evaluates its shard [a, b) of it, whole
+    # batches of the one-process run, with the noise draws of those indices (index_offset), so its per-sample values are
+    # the one-process run's rows (a network's kernels can round differently in batches of other sizes)
+    first, last = shard(-(-len(x) // args.batch_size), context.rank, context.world_size)
+    a, b = first * args.batch_size, min(last * args.batch_size, len(x))
     common = dict(bins=bins, data_range=data_range, y=None if labels is None else labels[a:b], seed=args.seed,
                   batch_size=args.batch_size, progress=progress, details=True, index_offset=a)
     start, result = time.perf_counter(), None

@@ -106,7 +106,8 @@ def _close(a, b, rtol: float) -> bool:
 
 
 def test_nll_on_two_processes_reports_the_one_process_numbers(tmp_path, capsys):
-    argv = ["nll", "--target", "ring2d", "--method", "vlb", "-n", "200", "--steps", "100", "--no-progress"]
+    argv = ["nll", "--target", "ring2d", "--method", "vlb", "-n", "200", "--steps", "100", "--batch-size", "64",
+            "--no-progress"]  # 4 batches: ranks 0 and 1 take 2 each
     assert main([*argv, "--out", str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
     run = _torchrun([*argv, "--out", "two.json", "--plot", "two.png"], tmp_path)

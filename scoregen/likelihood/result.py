@@ -106,10 +106,10 @@ def gather_results(result: Optional[NLLResult], context) -> Optional[NLLResult]:
 
     The per-sample values travel whole (pickled, :func:`torch.distributed.all_gather_object`), and rank 0 reduces
     the concatenated tensor as one process reduces its own, in index order. So the mean, standard error and terms
-    equal one process's exactly when the per-sample values do: vlb's do, bit for bit on the built-in targets on the
-    CPU (guaranteed to 1e-12 relative in float64: the rounding of a model's batched evaluations); ode's within the
-    solver's tolerance (each rank's batches share their own adaptive steps; about 1e-6 relative at rtol 1e-5). NFE
-    is the largest rank's. ``context``: :func:`scoregen.distributed.setup`'s.
+    equal one process's exactly when the per-sample values do: with ``index_offset``, vlb's and ode's are the
+    one-process rows bit for bit on the exact targets, and on networks when the ranks evaluate the one-process
+    batches (``scoregen nll`` cuts its shards at multiples of ``--batch-size``) with the same number of threads.
+    NFE is the largest rank's. ``context``: :func:`scoregen.distributed.setup`'s.
     """
     if not context.distributed:
         return result
