@@ -293,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=_seed, default=0, help="seed of every sampler's noise and of the reference draws")
     b.add_argument("--batch-size", type=_positive_int,
                    help="samples per batch of each scoregen run (default: as many as fit in 2 GiB; under torchrun, n / "
-                        "the number of processes). The same --batch-size gives the same samples and scores on any "
-                        "number of processes, networks included")
+                        "the number of processes, or less to fit). The same --batch-size gives the same samples and "
+                        "scores on any number of processes, networks included")
     peers = b.add_mutually_exclusive_group()
     peers.add_argument("--peers", nargs="?", const="all", metavar="NAMES",
                        help="also run diffusers' schedulers and k-diffusion's samplers on the same model at the same "
@@ -482,9 +482,11 @@ def _file_state(path: str) -> list:
 def _run_record(args: argparse.Namespace, shape: tuple, device) -> dict:
     """What a sharded sampling run computes, for its shards' run.json: its command line without the output and speed
     flags, the state of every file it names (a model edited in place must not be mixed with its old shards), the
-    device type (CPU and CUDA generators differ) and torch's version. A rerun of the same command resumes the shards,
-    anything else is refused."""
+    device type (CPU and CUDA generators differ), torch's version and scoregen's build. A rerun of the same command
+    resumes the shards, anything else is refused."""
     import torch
+
+    from .io.shards import code_fingerprint
 
     argv, i = [], 0
     while i < len(args._argv):
@@ -496,7 +498,7 @@ def _run_record(args: argparse.Namespace, shape: tuple, device) -> dict:
         i += 1
     files = {a: _file_state(a) for a in argv if not a.startswith("-") and os.path.exists(a)}
     return {"command": argv, "files": files, "n": args.n, "seed": args.seed, "shape": list(shape), "dtype": "float32",
-            "device_type": torch.device(device).type, "torch": torch.__version__}
+            "device_type": torch.device(device).type, "torch": torch.__version__, "scoregen": code_fingerprint()}
 
 
 def _sample_sharded(args, context, model, x0_hook, value_range, name: str, options: dict, shown: dict) -> int:

@@ -66,7 +66,9 @@ def test_pc_with_per_sample_labels_splits_at_its_groups():
     parts = [sg.sample(COND, "pc", b - a, **dict(kw, y=y[a:b]), index_offset=a).samples
              for a, b in ((0, G), (G, 3 * G), (3 * G, 200))]
     assert torch.equal(torch.cat(parts), whole)
-    assert torch.equal(sg.sample(COND, "pc", 200, batch_size=70, **kw).samples, whole)
+    batched = sg.sample(COND, "pc", 200, batch_size=70, **kw)  # cut at multiples of 128: 128 + 72 samples
+    assert torch.equal(batched.samples, whole) and batched.batch_size == 128
+    assert sg.sample(COND, "pc", 10, **dict(kw, y=y[:10]), batch_size=1000).batch_size == 10  # the samples drawn at once
     with pytest.raises(ValueError, match=f"groups of {G} indices.*multiple of {G}"):
         sg.sample(COND, "pc", 50, **dict(kw, y=y[50:100]), index_offset=50)
 

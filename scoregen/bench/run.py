@@ -1,8 +1,8 @@
 """Run a benchmark: every sampler (scoregen's and, optionally, its peers') at every NFE budget on one subject.
 
 Under torchrun (``context=``, :func:`scoregen.distributed.setup`), the ranks share each run's batches
-(:func:`scoregen.batch_ranges` of ``batch_size``, default n / the number of ranks; ``sample(..., index_offset=a)``:
-each is that batch of the one-process run with that batch size, bit for bit on the same device type), the batches
+(:func:`scoregen.batch_ranges` of ``batch_size``, default at most n / the number of ranks;
+``sample(..., index_offset=a)``: each is that batch of the one-process run with that batch size, bit for bit on the same device type), the batches
 are gathered to rank 0 in index order and rank 0 scores them, so every metric equals the one-process value exactly
 (on exact targets whatever the batch size). Rank 0 also scores the reference row and the floors and runs the
 peers (their step noise comes from one generator over the whole batch, so they cannot be split) on all n samples.
@@ -143,7 +143,7 @@ def run_bench(
 
     ``device``: where the samplers run (default the CPU). ``batch_size``: scoregen's runs sample in batches of this
     many (default: :func:`scoregen.sample`'s). ``context``: under torchrun, the ranks share each run's batches (of
-    ``batch_size``, default n / the number of ranks) and rank 0 scores the gathered samples (see the module
+    ``batch_size``, default at most n / the number of ranks) and rank 0 scores the gathered samples (see the module
     docstring); every rank must call this with the same arguments. Rank 0 returns the whole result, the other ranks
     one without rows or floors. The samples, and so the scores, equal one process's with the same ``batch_size``
     bit for bit; on exact targets whatever the batches.
@@ -229,9 +229,11 @@ def _run_one(source, name: str, budget: int, model, subject: Subject, scorer, n:
             return sample(model, name, b - a, seed=seed, y=None if labels is None else labels[a:b], progress=False,
                           x0_hook=subject.x0_hook, device=device, index_offset=a, batch_size=size, **options)
 
-        if ctx.distributed:  # the batches of batch_size (those of one process), or n / the number of ranks
-            ranges = batch_ranges(model, name, n, y=labels, x0_hook=subject.x0_hook, device=device,
-                                  batch_size=batch_size or -(-n // ctx.world_size))
+        if ctx.distributed:  # the batches of batch_size (those of one process), or at most n / the number of ranks
+            where = dict(y=labels, x0_hook=subject.x0_hook, device=device)
+            default = None if batch_size else batch_ranges(model, name, n, **where)[0][1]  # the memory estimate's
+            ranges = batch_ranges(model, name, n, batch_size=batch_size or min(default, -(-n // ctx.world_size)),
+                                  **where)
             size = ranges[0][1] - ranges[0][0]
             return _run_sharded(row, lambda a, b: run(a, b, size), ranges[ctx.rank::ctx.world_size], subject, scorer,
                                 labels, ctx)

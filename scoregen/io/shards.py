@@ -11,6 +11,8 @@ the folder: ``OUT.npy`` never holds a partial result.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -24,10 +26,28 @@ from .files import atomic_write, read_json
 #: The largest run.json read back (a command line and its options: a few KB).
 MAX_RUN_BYTES = 2**20
 
-__all__ = ["ShardSet"]
+__all__ = ["ShardSet", "code_fingerprint"]
 
 _NAME = re.compile(r"shard-(\d+)-(\d+)\.npy")
 RUN_FILE = "run.json"
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The version of scoregen and a hash of its Python sources: shards written by another build (a sampler whose
+    output changed between versions) are not mixed with this one's. About 1 MB read, once per process."""
+    from .. import __version__
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+    return f"{__version__} ({digest.hexdigest()[:16]})"
 
 
 class ShardSet:

@@ -104,7 +104,7 @@ def ode_nll(
         y: class labels for a class-conditional model.
         seed: seeds the dequantization noise and the probes, which depend on (seed, sample index) alone.
         batch_size: samples integrated together (one batched solve each, every sample with its own steps, so the
-            values do not depend on it).
+            values do not depend on it where the model's arithmetic does not depend on the batch).
         details: return an :class:`NLLResult` (bits/dim, standard error, terms, NFE) instead of the tensor.
         index_offset: the index of ``x0[0]`` in the whole data set (its dequantization and probes are those of
             sample ``index_offset + i``): a process that evaluates ``x[a:b]`` with ``index_offset=a`` gets rows

@@ -15,7 +15,6 @@ of the respaced chain (the model used as improved-diffusion's respacing uses it)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Optional, Union
 

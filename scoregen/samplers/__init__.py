@@ -63,9 +63,9 @@ _SHARED = {"generator", "y", "start", "callback", "progress"}
 
 @dataclass
 class SampleResult:
-    """Samples of shape (n, *shape), the number of model evaluations per trajectory (per batch), wall-clock
-    seconds of sampling, the sampler's name, the seed used (None when a generator was passed), the sampler's
-    options and the batch size the n samples were drawn in."""
+    """Samples of shape (n, *shape), the number of model evaluations per trajectory (of the batch that took the most),
+    wall-clock seconds of sampling, the sampler's name, the seed used (None when a generator was passed), the
+    sampler's options and the batch size the n samples were drawn in (the most of them drawn at once)."""
 
     samples: Tensor
     nfe: int
@@ -169,7 +169,8 @@ def sample(
 
     Returns:
         :class:`SampleResult` with ``samples`` of shape (n, *shape) and ``nfe``, the model evaluations per batch,
-        which is the cost of one trajectory (every batch makes the same number); ``wall_time`` covers all batches.
+        which is the cost of one trajectory (every batch makes the same number, but for the adaptive ``ode``, whose
+        batches run as long as their slowest sample: the largest); ``wall_time`` covers all batches.
 
     Raises:
         ValueError: bad arguments (n, seed with generator, y, batch_size, unknown options); a result too large for
@@ -214,9 +215,10 @@ def sample(
         edges = [index_offset, *range((index_offset // batch + 1) * batch, index_offset + n, batch), index_offset + n]
     else:
         edges = [*range(index_offset, index_offset + n, batch), index_offset + n]
-    out, nfe, wall = None, 0, 0.0
+    out, nfe, wall, largest = None, 0, 0.0, 0
     for first, last in zip(edges[:-1], edges[1:]):
         start, b = first - index_offset, last - first
+        largest = max(largest, b)
         lo, hi = (first // group * group, -(-last // group) * group) if group else (first, last)
         rows = slice(first - lo, first - lo + b)
         if seed is not None:  # this batch's samples' own streams: the first draw is their initial noise
@@ -252,7 +254,7 @@ def sample(
     options.pop("start", None)
     if x_start is not None:  # recorded: a run from a given state is not a run from the prior
         options.update(x_start=f"tensor of shape {tuple(x_start.shape)}", start_level=start_level)
-    return SampleResult(out, nfe, wall, name, seed, dict(options), batch)
+    return SampleResult(out, nfe, wall, name, seed, dict(options), largest)
 
 
 def _batch(n: int, stack: ScoreModel, fn: Callable, dtype: torch.dtype, device: torch.device, labels: Optional[Tensor],

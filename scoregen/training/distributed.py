@@ -39,10 +39,9 @@ import contextlib
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from torch import nn
 
-from ..distributed import Context, all_reduce_sum, on_main
+from ..distributed import Context, on_main
 
 __all__ = ["chunk_seeds", "rank_chunks", "resolve_chunks", "Replica", "check_global_batch"]
 
