@@ -434,7 +434,7 @@ def _cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if x_start is not None:  # the original code's initial state (NCSNv2: uniform images), drawn from the seed
         options["x_start"] = x_start(args.n, torch.Generator().manual_seed(args.seed)).to(context.device)
         name += ", started from the original code's initial state"
-    if context.distributed:
+    if context.distributed or os.path.isdir(args.out + ".shards"):  # torchrun, or a rerun of one (any process count)
         return _sample_sharded(args, context, model, x0_hook, value_range, name, options, shown)
     result = sample(model, args.sampler, args.n, seed=args.seed, y=args.label, x0_hook=x0_hook, batch_size=args.batch_size,
                     progress=False if args.no_progress else None, device=context.device, **options)
@@ -548,7 +548,8 @@ def _sample_sharded(args, context, model, x0_hook, value_range, name: str, optio
         print(f"{args.sampler} ({opts}) on {name}: wrote {' x '.join(map(str, merged.shape))} samples to {args.out}"
               + (f" and {args.grid}" if args.grid else ""))
         resumed = f", {done} of them already written by an earlier run" if done else ""
-        print(f"{context.world_size} processes ({context.backend}, {context.device.type}): {len(ranges)} shards of "
+        ranks = f"{context.world_size} processes ({context.backend}, " if context.distributed else "1 process ("
+        print(f"{ranks}{context.device.type}): {len(ranges)} shards of "
               f"{size} samples{resumed}; wall time {wall:.3f} s, {n / wall:.1f} samples/s; seed {args.seed}"
               + (f"; NFE {nfe}" if nfe else ""))
     barrier(context)
