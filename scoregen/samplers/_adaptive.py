@@ -5,7 +5,7 @@ every sample's steps depend on the rest of the batch. :func:`solve` runs the sam
 DOP853: their Butcher tableaus are read from scipy's classes) with the same step-size control (Hairer, Norsett &
 Wanner, Solving ODEs I, sec. II.4: the initial step, and the controller with scipy's safety factor and limits) for
 each sample on its own: one error norm and one step size per sample, all samples' stages evaluated in one batched
-call, at per-sample times. Sample i's solution is then a function of its own start alone (and bit for bit so where
+call, at per-sample times. Sample i's solution is then a function of its own start alone (bit for bit where
 ``f`` treats rows independently); the batch takes as many evaluations as its slowest sample.
 
 Arithmetic is row-wise and elementwise only (no BLAS products, whose rounding depends on the number of rows).
