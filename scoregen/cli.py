@@ -502,9 +502,10 @@ def _run_record(args: argparse.Namespace, shape: tuple, device) -> dict:
 
 
 def _sample_sharded(args, context, model, x0_hook, value_range, name: str, options: dict, shown: dict) -> int:
-    """`scoregen sample` under torchrun: the indices in chunks, each rank sampling every world_size-th chunk into its
-    shard (:mod:`scoregen.io.shards`), rank 0 merging them in index order; each chunk is rows [a, b) of the one-process
-    run (per-sample streams), so the merged output equals it. A rerun skips the chunks already written."""
+    """`scoregen sample` under torchrun, or rerun after one: the indices in chunks (the one-process batches), each rank
+    sampling every world_size-th chunk into its shard (:mod:`scoregen.io.shards`), rank 0 merging them in index order;
+    each chunk is rows [a, b) of the one-process run (per-sample streams), so the merged output equals it. A rerun,
+    with any number of processes, skips the chunks already written."""
     import time
 
     import torch
@@ -605,7 +606,7 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _check_output(parser, flag, path, suffix)
     if args.bins is not None and (args.bins == 1 or args.bins < 0):
         parser.error(f"--bins must be 0 (continuous data) or at least 2, got {args.bins}")
-    from .distributed import all_reduce_sum, setup, shard
+    from .distributed import all_reduce_max, setup, shard
     from .likelihood import gather_results
 
     context = setup(args.device)  # under torchrun: joins the job; each rank evaluates its share of the data points
@@ -693,8 +694,7 @@ def _cmd_nll(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = ode_nll(model, x[a:b], **common, **ode_options)
     wall = time.perf_counter() - start
     if context.distributed:  # rank 0 gets every rank's per-sample values in index order and the slowest rank's time
-        wall = float(all_reduce_sum(torch.zeros(context.world_size, dtype=torch.float64).index_fill_(
-            0, torch.tensor([context.rank]), wall), context).max())
+        wall = float(all_reduce_max(torch.tensor([wall], dtype=torch.float64), context))
         result = gather_results(result, context)
         if not context.is_main:
             return 0
@@ -957,6 +957,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from .distributed import setup
     from .io import check_output_dir, read_checkpoint_config
     from .training import TrainConfig, train
+    from .training.distributed import check_global_batch
     from .training.recipes import default_network, heldout_training
 
     if args.resume and args.overwrite:
@@ -965,9 +966,10 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     # batch of --batch-size, and rank 0 writes the checkpoints (scoregen.training.distributed).
     context = setup(args.device)
     args._device = context.device
-    if args.batch_size % context.world_size:
-        parser.error(f"--batch-size {args.batch_size} is the global batch, split evenly over the {context.world_size} "
-                     f"processes: it must be a multiple of {context.world_size}")
+    try:
+        check_global_batch(args.batch_size, context.world_size)  # before loading data or building the network
+    except ValueError as e:
+        parser.error(str(e))
     check_output_dir(args.out)  # before loading data or building the network
     data = load_data(args.data, seed=args.seed)
     torch.manual_seed(args.seed)  # network initialisation

@@ -4,8 +4,8 @@
 variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (across machines:
 ``--nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``). :func:`setup` reads them, joins the process group
 (gloo on CPU, nccl on GPUs) and picks each rank's device; a command started without torchrun gets a one-process
-context and never touches torch.distributed. Each rank then works on its share of the index range (:func:`shard`),
-and statistics are summed across ranks (:func:`all_reduce_sum`).
+context and never touches torch.distributed. Each rank then works on its share of the indices (:func:`shard`, or
+the one-process batches: :func:`scoregen.batch_ranges`), and rank 0 gathers the per-sample results.
 
 Results do not depend on the split: sample i's random draws are a function of (seed, i) alone
 (:mod:`scoregen.streams`), so a rank that samples indices [a, b) produces exactly the rows [a, b) of the

@@ -69,9 +69,14 @@ def _title(result: BenchResult) -> str:
     return f"{what}, {result.guidance}" if result.guidance else what
 
 
+def _samples_per_s(result: BenchResult, row: BenchRow) -> Optional[float]:
+    """Samples per second of the whole job (n / the slowest rank's wall time): reported for torchrun runs."""
+    return result.n / row.wall_time if row.wall_time > 0 and not row.failed else None
+
+
 def _rate(result: BenchResult, row: BenchRow) -> str:
-    """Samples per second of the whole job (n / the slowest rank's wall time): shown for torchrun runs."""
-    return f"{result.n / row.wall_time:.0f}" if row.wall_time > 0 and not row.failed else "-"
+    rate = _samples_per_s(result, row)
+    return "-" if rate is None else f"{rate:.0f}"
 
 
 def _budgets(result: BenchResult) -> list:
@@ -81,7 +86,7 @@ def _budgets(result: BenchResult) -> list:
 def format_table(result: BenchResult) -> str:
     """The plain-text table: the reference row and the floor, then one block per NFE budget, ranked."""
     sweep = any(r.guidance_scale is not None for r in result.rows[1:]) and len({r.guidance_scale for r in result.rows[1:]}) > 1
-    ranks = getattr(result, "ranks", 1) > 1  # torchrun: the job's samples/s beside the slowest rank's time
+    ranks = result.ranks > 1  # torchrun: the job's samples/s beside the slowest rank's time
     head = ["rank", "source", "sampler", "options", "NFE", *(c.label for c in result.columns), "wall s"] + (["samples/s"] if ranks else [])
     if sweep:
         head[0] = "scale"
@@ -129,7 +134,7 @@ def format_markdown(results: Sequence[BenchResult]) -> str:
     """All results as markdown tables (one per subject), with floors and how each metric is computed."""
     parts = ["# scoregen bench", "", f"{time.strftime('%Y-%m-%d %H:%M')}, {_machine()}", ""]
     for result in results:
-        ranks = getattr(result, "ranks", 1) > 1
+        ranks = result.ranks > 1
         extra = " - |" if ranks else ""
         parts += [f"## {_title(result)}", "", "| NFE | rank | source | sampler | options | NFE spent | "
                   + " | ".join(c.label for c in result.columns) + " | wall s |" + (" samples/s |" if ranks else ""),
@@ -205,8 +210,7 @@ def to_json(results: Sequence[BenchResult], command: Optional[str] = None) -> di
             "columns": [{"key": c.key, "label": c.label, "se_key": c.se_key, "scale": c.scale} for c in r.columns],
             "floors": {k: {"mean": m, "std": s} for k, (m, s) in r.floors.items()},
             "rows": [{**{k: v for k, v in vars(row).items() if k != "samples"},
-                      **({"samples_per_s": r.n / row.wall_time if row.wall_time > 0 and not row.failed else None}
-                         if r.ranks > 1 else {})} for row in r.rows],
+                      **({"samples_per_s": _samples_per_s(r, row)} if r.ranks > 1 else {})} for row in r.rows],
             "peers": r.peers, "skipped_peers": r.skipped_peers,
             **({"ranks": r.ranks} if r.ranks > 1 else {}),  # torchrun: wall_time is the slowest rank's
         } for r in results],

@@ -105,7 +105,7 @@ def _registration_limit(limit: int) -> list:
     hooks = [("register_module_parameter_registration_hook", "tensors"),
              ("register_module_buffer_registration_hook", "tensors"),
              ("register_module_module_registration_hook", "modules")]
-    return [getattr(registry, name)(counter(kind)) for name, kind in hooks if hasattr(registry, name)]
+    return [getattr(registry, name)(counter(kind)) for name, kind in hooks]
 
 
 def _checked_network(class_name: str, init_kwargs: Any, init_args: tuple, shapes: Mapping[str, Any],

@@ -231,7 +231,7 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Union[int, float, complex, bo
     return np.frombuffer(data, dtype=np.dtype(dtype.code).newbyteorder(dtype.byteorder))[0].item()
 
 
-def _load_storage(data: Any, budget: Any = None) -> _Storage:
+def _load_storage(data: Any, budget: list) -> _Storage:
     """``torch.storage._load_from_bytes``: a legacy-format ``torch.save`` of one storage, parsed without torch.load.
 
     Layout: pickles of the magic number, the protocol version and system info; a pickle of the root object
@@ -241,22 +241,21 @@ def _load_storage(data: Any, budget: Any = None) -> _Storage:
     """
     if not isinstance(data, bytes):
         raise ValueError(f"a storage pickled as {type(data).__name__}, not bytes: the file is damaged")
-    if budget is not None:
-        _charge(budget, len(data) + 1)
+    _charge(budget, len(data) + 1)
     f = io.BytesIO(data)  # its reads are bounded by len(data)
     try:
         known = next((h for h in _KNOWN_HEADERS if data.startswith(h)), None)
         if known is not None:  # the same bytes as a header already checked (every storage of a file has one)
             f.seek(len(known))
         else:
-            magic, protocol, info = [_PlainUnpickler(f).load() for _ in range(3)]
+            magic, protocol, info = [_SafeUnpickler(f).load() for _ in range(3)]
             if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL or type(info) is not dict \
                     or info.get("little_endian") is not True:
                 raise ValueError("an unknown header (not little-endian torch legacy format)")
             if len(_KNOWN_HEADERS) < 16:
                 _KNOWN_HEADERS[data[:f.tell()]] = None
         root = _StorageUnpickler(f).load()
-        keys = _PlainUnpickler(f).load()
+        keys = _SafeUnpickler(f).load()
     except Exception as e:
         raise ValueError(f"a tensor storage that is not in torch's legacy format ({type(e).__name__}: "
                          f"{str(e)[:100]}): the file is damaged") from None
@@ -503,10 +502,6 @@ class _SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         (n,) = struct.unpack("<Q", self.read(8))
         self.append(bytearray(self.read(n)))
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
-
-
-class _PlainUnpickler(_SafeUnpickler):
-    """Plain data only (the legacy storage format's headers and key list)."""
 
 
 class _StorageUnpickler(_SafeUnpickler):

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-from typing import Optional
 
 import numpy as np
 
@@ -116,9 +115,3 @@ class ShardSet:
             np.save(f, merged, allow_pickle=False)
         shutil.rmtree(self.dir, ignore_errors=True)
         return merged
-
-    def remove(self) -> Optional[str]:
-        if os.path.isdir(self.dir):
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return self.dir
-        return None

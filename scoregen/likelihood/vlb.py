@@ -103,10 +103,10 @@ def vlb(
     parts = list(chunks(B, batch_size))
     with _progress(len(parts) * len(steps_), progress, "vlb", "eval", leave=False) as bar:
         for part in parts:
-            x, lab = x0[part], None if labels is None else labels[part]
+            x, lab, indices = x0[part], None if labels is None else labels[part], shift(part, offset)
             prior[part] = prior_kl(x, m[0], sigma[0]).double()
             for i, k in enumerate(steps_):
-                z = per_sample_draws(seed, i, shift(part, offset), x.shape[1:], normal).to(dtype=x.dtype, device=x.device)
+                z = per_sample_draws(seed, i, indices, x.shape[1:], normal).to(dtype=x.dtype, device=x.device)
                 x_t = m[i] * x + sigma[i] * z
                 eps, v = model.eps_and_variance(x_t, sigma[i], m[i], lab)
                 x0_hat = (x_t - sigma[i] * eps) / m[i]

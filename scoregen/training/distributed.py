@@ -41,7 +41,7 @@ from typing import Callable, Optional
 import numpy as np
 from torch import nn
 
-from ..distributed import Context, on_main
+from ..distributed import Context, on_main, shard
 
 __all__ = ["chunk_seeds", "rank_chunks", "resolve_chunks", "Replica", "check_global_batch"]
 
@@ -63,9 +63,9 @@ def chunk_seeds(seed: int, step: int, chunk: int) -> tuple[int, int]:
 
 
 def rank_chunks(chunks: int, rank: int, world_size: int) -> range:
-    """The chunks rank ``rank`` of ``world_size`` computes: ``chunks / world_size`` consecutive ones."""
-    per = chunks // world_size
-    return range(rank * per, (rank + 1) * per)
+    """The chunks rank ``rank`` of ``world_size`` computes: its :func:`~scoregen.distributed.shard` of them, here
+    ``chunks / world_size`` consecutive ones (the world size divides ``chunks``)."""
+    return range(*shard(chunks, rank, world_size))
 
 
 def resolve_chunks(saved: Optional[int], requested: Optional[int], world_size: int, batch_size: int,

@@ -344,46 +344,27 @@ def train(
                                   "data_fingerprint": fingerprint, **run_meta})
 
         net.train()
-        n = x.shape[0]
-        if K is not None:
+        if K is None:  # one process, one generator for the whole batch
+            step_fn = _whole_step(config, loss_fn, opt, x, y, g)
+        else:
             step_fn = _chunked_step(ctx, K, config, _loss_fn(config, Replica(ddp, net)) if ddp is not None else loss_fn,
                                     ddp, opt, x, y)
         with progress_bar(config.steps, progress if ctx.is_main else False, f"train {config.objective}", "step",
                           initial=start) as bar:
             for step in range(start, config.steps):
-                if K is not None:
-                    loss_value = step_fn(step)
-                    nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-                    opt.step()
-                    sched.step()
-                    _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
-                    running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
-                    bar.set_postfix(loss=f"{running:.4f}")
-                    bar.update()
-                    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                        on_main(ctx, lambda: checkpoint(step + 1), f"write the checkpoint of step {step + 1}")
-                    if callback is not None:
-                        callback(step + 1, loss_value)
-                    continue
-                idx = torch.randint(0, n, (config.batch_size,), generator=g)
-                loss = loss_fn(x[idx], None if y is None else y[idx], g)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower lr (now {config.lr}) "
-                                             "or check the data's scale")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_value = step_fn(step)  # the batch's loss; its gradient is in the parameters
                 nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
                 opt.step()
                 sched.step()
                 # EMA warm-up (as in diffusers' EMAModel): early weights fade out of short runs quickly
                 _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
-                running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+                running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
                 bar.set_postfix(loss=f"{running:.4f}")
                 bar.update()
                 if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                    checkpoint(step + 1)
+                    on_main(ctx, lambda: checkpoint(step + 1), f"write the checkpoint of step {step + 1}")
                 if callback is not None:
-                    callback(step + 1, loss.item())
+                    callback(step + 1, loss_value)
     del ddp  # its gradient hooks go with it
     net.eval()
     if data_scale is not None:
@@ -398,6 +379,27 @@ def _default_context(net: nn.Module) -> Context:
         return Context()
     param = next(iter(net.parameters()), None)
     return setup_distributed(param.device if param is not None else None)
+
+
+def _check_loss(value: float, step: int, config: TrainConfig) -> None:
+    """A non-finite loss stops training before the optimizer steps."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value} at step {step}; lower lr (now {config.lr}) or check "
+                                 "the data's scale")
+
+
+def _whole_step(config: TrainConfig, loss_fn, opt, x: Tensor, y: Optional[Tensor], g: torch.Generator):
+    """``step_fn(step) -> loss``: one process's step, the whole batch drawn from ``g`` (the checkpointed generator),
+    its gradient left in the parameters."""
+    def step_fn(step: int) -> float:
+        idx = torch.randint(0, x.shape[0], (config.batch_size,), generator=g)
+        loss = loss_fn(x[idx], None if y is None else y[idx], g)
+        _check_loss(loss.item(), step, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.item()
+
+    return step_fn
 
 
 def _chunked_step(ctx: Context, chunks: int, config: TrainConfig, loss_fn, ddp, opt, x: Tensor, y: Optional[Tensor]):
@@ -423,9 +425,7 @@ def _chunked_step(ctx: Context, chunks: int, config: TrainConfig, loss_fn, ddp, 
                 (loss / len(mine)).backward()
             total += loss.detach().to("cpu", torch.float64)
         value = all_reduce_sum(total, ctx).item() / chunks
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {step}; lower lr (now {config.lr}) or "
-                                     "check the data's scale")
+        _check_loss(value, step, config)
         return value
 
     return step_fn
